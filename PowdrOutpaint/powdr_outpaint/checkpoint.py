@@ -1,0 +1,300 @@
+"""Checkpoint files: one ``.pt`` holding a validated configuration and the weights.
+
+Layout (every value is a tensor, a number, a string or a container of those, so
+the file loads with ``torch.load(..., weights_only=True)`` and no code runs)::
+
+    {"format": "powdr-outpaint-checkpoint",
+     "config": "<JSON text of ModelConfig>",
+     "weights": {name: tensor},            # used for sampling (the EMA when trained)
+     ...}                                  # training state, ignored here
+
+The JSON configuration is checked field by field and the weights must match the
+network it describes exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .diffusion import DiffusionConfig
+from .errors import CheckpointError
+from .network import NetworkConfig, OutpaintUNet
+from .presets import GridConfig, get_preset
+from .volume_io import _FILE_MODE
+
+FORMAT = "powdr-outpaint-checkpoint"
+FORMAT_VERSION = 1
+STRATEGIES = ("tumor", "random", "mixed", "untrained")
+
+
+@dataclass(frozen=True)
+class NormalisationConfig:
+    """Intensity normalisation: foreground percentiles mapped to -1 and 1."""
+
+    lower_percentile: float = 1.0
+    upper_percentile: float = 99.0
+    lll_scale: float = 3.0
+
+    def validate(self) -> None:
+        if not 0.0 <= self.lower_percentile < self.upper_percentile <= 100.0:
+            raise ValueError("percentiles must satisfy 0 <= lower < upper <= 100")
+        if self.lll_scale <= 0:
+            raise ValueError("lll_scale must be positive")
+
+
+@dataclass(frozen=True)
+class TrainingInfo:
+    """How the weights were obtained (shown on the model card)."""
+
+    strategy: str = "untrained"
+    iterations: int = 0
+    dilate: int = 0
+    p_random: float = 0.0
+    data: str = ""
+
+    def validate(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"training strategy must be one of {', '.join(STRATEGIES)}")
+        if self.iterations < 0 or self.dilate < 0 or not 0.0 <= self.p_random <= 1.0:
+            raise ValueError("iterations and dilate must be >= 0 and p_random in [0, 1]")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild and use a trained model."""
+
+    preset: str
+    network: NetworkConfig
+    diffusion: DiffusionConfig
+    grid: GridConfig
+    normalisation: NormalisationConfig = field(default_factory=NormalisationConfig)
+    modality: str = "t1"
+    training: TrainingInfo = field(default_factory=TrainingInfo)
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def from_preset(cls, name: str, modality: str = "t1", training: TrainingInfo | None = None) -> "ModelConfig":
+        preset = get_preset(name)
+        return cls(
+            preset=preset.name,
+            network=preset.network,
+            diffusion=preset.diffusion,
+            grid=preset.grid,
+            modality=modality,
+            training=training or TrainingInfo(dilate=preset.dilate),
+        )
+
+    def validate(self) -> None:
+        self.network.validate()
+        self.diffusion.validate()
+        self.grid.validate(self.network.divisor)
+        self.normalisation.validate()
+        self.training.validate()
+        if self.network.in_channels != 16 or self.network.out_channels != 8:
+            raise ValueError("the network must take 16 channels (noisy + condition subbands) and return 8")
+        if not self.modality or not isinstance(self.modality, str):
+            raise ValueError("modality must be a non-empty string")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "ModelConfig":
+        """Build and validate a configuration from untrusted JSON data."""
+        if not isinstance(raw, dict):
+            raise ValueError("the configuration is not a JSON object")
+        version = raw.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"format version {version!r} is not supported by this version (expects {FORMAT_VERSION})"
+            )
+        try:
+            network = _build(NetworkConfig, raw["network"], tuples=("channel_mult", "attention_levels"))
+            diffusion = _build(DiffusionConfig, raw["diffusion"])
+            grid = _build(GridConfig, raw["grid"], tuples=("shape", "spacing"))
+            normalisation = _build(NormalisationConfig, raw.get("normalisation", {}))
+            training = _build(TrainingInfo, raw.get("training", {}))
+            config = cls(
+                preset=str(raw["preset"]),
+                network=network,
+                diffusion=diffusion,
+                grid=GridConfig(tuple(int(s) for s in grid.shape), tuple(float(s) for s in grid.spacing)),
+                normalisation=normalisation,
+                modality=str(raw.get("modality", "")),
+                training=training,
+            )
+        except KeyError as error:
+            raise ValueError(f"the configuration lacks the field {error.args[0]!r}") from None
+        config.validate()
+        return config
+
+    def card(self) -> dict[str, Any]:
+        """A short, human-readable description (the model card)."""
+        return {
+            "preset": self.preset,
+            "modality": self.modality,
+            "grid": {"shape": list(self.grid.shape), "spacing_mm": list(self.grid.spacing)},
+            "training": asdict(self.training),
+            "network": {
+                "base_channels": self.network.base_channels,
+                "channel_mult": list(self.network.channel_mult),
+                "attention_levels": list(self.network.attention_levels),
+            },
+            "timesteps": self.diffusion.timesteps,
+        }
+
+
+def _build(cls, raw: Any, tuples: tuple[str, ...] = ()):
+    if not isinstance(raw, dict):
+        raise ValueError(f"the {cls.__name__} section is not a JSON object")
+    names = set(cls.__dataclass_fields__)
+    unknown = set(raw) - names
+    if unknown:
+        raise ValueError(f"unknown fields in {cls.__name__}: {', '.join(sorted(unknown))}")
+    values = {}
+    for name, value in raw.items():
+        expected = cls.__dataclass_fields__[name].type
+        if name in tuples:
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, (int, float)) for v in value):
+                raise ValueError(f"{cls.__name__}.{name} must be a list of numbers")
+            value = tuple(value)
+        elif isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(f"{cls.__name__}.{name} has an unsupported value {value!r}")
+        elif "int" in str(expected) and not isinstance(value, int):
+            raise ValueError(f"{cls.__name__}.{name} must be an integer")
+        elif "float" in str(expected) and isinstance(value, str):
+            raise ValueError(f"{cls.__name__}.{name} must be a number")
+        elif "str" in str(expected) and not isinstance(value, str):
+            raise ValueError(f"{cls.__name__}.{name} must be a string")
+        values[name] = value
+    return cls(**values)
+
+
+@dataclass
+class LoadedModel:
+    config: ModelConfig
+    network: OutpaintUNet
+    sha256: str
+    path: Path
+    extra: dict[str, Any]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]:
+    """Read and validate a checkpoint file without building the network.
+
+    Returns the configuration and the whole (plain-data) payload.
+    Raises CheckpointError with one sentence for any file that is not usable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"the checkpoint {path} does not exist")
+    try:
+        payload = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"the checkpoint {path.name} was refused: it contains objects other than plain weights "
+            "(possibly code), so it is not a PowdrOutpaint checkpoint and was not run"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        raise CheckpointError(
+            f"the checkpoint {path.name} is damaged or not a PyTorch file ({str(error).splitlines()[0][:120]})"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"the file {path.name} is a PyTorch file but not a PowdrOutpaint checkpoint")
+    try:
+        config = ModelConfig.from_dict(json.loads(payload.get("config", "")))
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"the checkpoint {path.name} has an invalid configuration: {error}") from None
+    weights = payload.get("weights")
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CheckpointError(f"the checkpoint {path.name} holds no weights")
+    return config, payload
+
+
+def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> LoadedModel:
+    """Load a checkpoint for inference: validated config, network in eval mode on ``device``."""
+    path = Path(path)
+    config, payload = read_checkpoint(path)
+    network = OutpaintUNet(config.network)
+    try:
+        network.load_state_dict(payload["weights"], strict=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise CheckpointError(
+            f"the weights in {path.name} do not match the network its configuration describes ({first[:160]})"
+        ) from None
+    network.eval().to(device)
+    extra = {k: v for k, v in payload.items() if k not in ("weights", "config", "format")}
+    return LoadedModel(config=config, network=network, sha256=file_sha256(path), path=path, extra=extra)
+
+
+def atomic_torch_save(payload: dict[str, Any], path: str | os.PathLike) -> Path:
+    """torch.save to a temporary file in the destination folder, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(payload, temporary)
+        os.chmod(temporary, _FILE_MODE)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    config: ModelConfig,
+    weights: dict[str, torch.Tensor],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint atomically. ``extra`` may hold plain training state."""
+    config.validate()
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "config": config.to_json(),
+        "weights": {k: v.detach().to("cpu").clone() for k, v in weights.items()},
+    }
+    if extra:
+        payload.update(extra)
+    return atomic_torch_save(payload, path)
+
+
+def initial_checkpoint(path: str | os.PathLike, preset: str, seed: int = 0, modality: str = "t1") -> Path:
+    """An untrained checkpoint of a preset (deterministic for a seed).
+
+    Layers that training starts from zero get PyTorch's default random initialisation
+    here, so the untrained network's output depends on its input and noise, as a
+    trained one's does; this keeps plumbing tests meaningful.
+    """
+    config = ModelConfig.from_preset(preset, modality=modality)
+    torch.manual_seed(seed)
+    network = OutpaintUNet(config.network)
+    for module in network.modules():
+        if isinstance(module, torch.nn.Conv3d) and not module.weight.any():
+            module.reset_parameters()
+    return save_checkpoint(path, config, network.state_dict())
+
+
+def with_training(config: ModelConfig, **changes: Any) -> ModelConfig:
+    return replace(config, training=replace(config.training, **changes))

@@ -1,0 +1,215 @@
+"""Conditional 3-D residual U-Net with self-attention at the coarse levels.
+
+The network maps the concatenation [x_t, c] of the noisy target subbands and the
+condition subbands, shape (B, 2 * 8, X, Y, Z) on the half-resolution wavelet grid,
+and a batch of integer timesteps (B,) to a prediction of x_0, shape (B, 8, X, Y, Z).
+Every spatial size must be divisible by 2 ** (levels - 1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Hyper-parameters of :class:`OutpaintUNet` (plain values, stored in checkpoints)."""
+
+    in_channels: int = 16
+    out_channels: int = 8
+    base_channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 2, 4, 4)
+    num_res_blocks: int = 2
+    attention_levels: tuple[int, ...] = (3, 4)
+    head_channels: int = 64
+    dropout: float = 0.1
+    norm_groups: int = 32
+
+    @property
+    def levels(self) -> int:
+        return len(self.channel_mult)
+
+    @property
+    def divisor(self) -> int:
+        """Every spatial size of the network input must be a multiple of this."""
+        return 2 ** (self.levels - 1)
+
+    def validate(self) -> None:
+        if self.in_channels < 1 or self.out_channels < 1:
+            raise ValueError("in_channels and out_channels must be positive")
+        if self.base_channels < 1 or not self.channel_mult:
+            raise ValueError("base_channels must be positive and channel_mult non-empty")
+        if any(m < 1 for m in self.channel_mult):
+            raise ValueError("channel multipliers must be positive")
+        for mult in self.channel_mult:
+            if (mult * self.base_channels) % self.norm_groups:
+                raise ValueError(
+                    f"{mult * self.base_channels} channels are not divisible into "
+                    f"{self.norm_groups} normalisation groups"
+                )
+        if any(not 0 <= lvl < self.levels for lvl in self.attention_levels):
+            raise ValueError(f"attention levels must lie in 0..{self.levels - 1}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout must lie in [0, 1)")
+        if self.num_res_blocks < 1 or self.head_channels < 1:
+            raise ValueError("num_res_blocks and head_channels must be positive")
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of integer timesteps: (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
+    )
+    args = timesteps.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-Conv twice, timestep added in between, residual connection."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, groups: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.conv1 = nn.Conv3d(in_ch, out_ch, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, out_ch)
+        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv3d(out_ch, out_ch, 3, padding=1)
+        # A zero-initialised last convolution makes every block start as the identity,
+        # which keeps the deep network trainable from the first step.
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Identity() if in_ch == out_ch else nn.Conv3d(in_ch, out_ch, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb(emb)[:, :, None, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over all voxels of a feature map (fused SDPA kernel)."""
+
+    def __init__(self, channels: int, head_channels: int, groups: int):
+        super().__init__()
+        self.heads = max(1, channels // head_channels)
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv3d(channels, 3 * channels, 1)
+        self.proj = nn.Conv3d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        b, c, *spatial = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, -1)
+        q, k, v = (t.transpose(-1, -2) for t in qkv.unbind(1))  # (B, heads, N, d)
+        h = F.scaled_dot_product_attention(q, k, v)
+        h = h.transpose(-1, -2).reshape(b, c, *spatial)
+        return x + self.proj(h)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv3d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv3d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Stage(nn.ModuleList):
+    """A sequence of blocks that all receive the timestep embedding."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        for block in self:
+            x = block(x, emb)
+        return x
+
+
+class OutpaintUNet(nn.Module):
+    """x0-predicting conditional U-Net; see the module docstring for shapes."""
+
+    def __init__(self, config: NetworkConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        base = config.base_channels
+        emb_dim = 4 * base
+        groups = config.norm_groups
+        self.time_embed = nn.Sequential(nn.Linear(base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.stem = nn.Conv3d(config.in_channels, base, 3, padding=1)
+
+        self.down = nn.ModuleList()
+        skip_channels = [base]
+        ch = base
+        for level, mult in enumerate(config.channel_mult):
+            for _ in range(config.num_res_blocks):
+                blocks = [ResBlock(ch, mult * base, emb_dim, config.dropout, groups)]
+                ch = mult * base
+                if level in config.attention_levels:
+                    blocks.append(AttentionBlock(ch, config.head_channels, groups))
+                self.down.append(Stage(blocks))
+                skip_channels.append(ch)
+            if level < config.levels - 1:
+                self.down.append(Stage([Downsample(ch)]))
+                skip_channels.append(ch)
+
+        self.middle = Stage(
+            [
+                ResBlock(ch, ch, emb_dim, config.dropout, groups),
+                AttentionBlock(ch, config.head_channels, groups),
+                ResBlock(ch, ch, emb_dim, config.dropout, groups),
+            ]
+        )
+
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(config.channel_mult))):
+            for i in range(config.num_res_blocks + 1):
+                blocks = [ResBlock(ch + skip_channels.pop(), mult * base, emb_dim, config.dropout, groups)]
+                ch = mult * base
+                if level in config.attention_levels:
+                    blocks.append(AttentionBlock(ch, config.head_channels, groups))
+                if level > 0 and i == config.num_res_blocks:
+                    blocks.append(Upsample(ch))
+                self.up.append(Stage(blocks))
+
+        self.out_norm = nn.GroupNorm(groups, ch)
+        self.out_conv = nn.Conv3d(ch, config.out_channels, 3, padding=1)
+        nn.init.zeros_(self.out_conv.weight)
+        nn.init.zeros_(self.out_conv.bias)
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """x: (B, in_channels, X, Y, Z); timesteps: (B,) integers -> (B, out_channels, X, Y, Z)."""
+        emb = self.time_embed(timestep_embedding(timesteps, self.config.base_channels).to(x.dtype))
+        h = self.stem(x)
+        skips = [h]
+        for stage in self.down:
+            h = stage(h, emb)
+            skips.append(h)
+        h = self.middle(h, emb)
+        for stage in self.up:
+            h = stage(torch.cat([h, skips.pop()], dim=1), emb)
+        return self.out_conv(F.silu(self.out_norm(h)))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,105 @@
+"""Named model presets: network, diffusion, model grid and training defaults.
+
+A preset fixes everything a checkpoint needs to be used: the network
+hyper-parameters, the noise schedule, and the model grid (shape in voxels of the
+image, before the wavelet transform, and voxel spacing in mm).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .diffusion import DiffusionConfig
+from .network import NetworkConfig
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """The image grid the network works on: shape (voxels) and spacing (mm), RAS axes."""
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+
+    def validate(self, divisor: int) -> None:
+        if len(self.shape) != 3 or len(self.spacing) != 3:
+            raise ValueError("the model grid needs three sizes and three spacings")
+        if any(s <= 0 for s in self.spacing):
+            raise ValueError("grid spacings must be positive")
+        step = 2 * divisor
+        if any(s <= 0 or s % step for s in self.shape):
+            raise ValueError(
+                f"every side of the model grid must be a positive multiple of {step} "
+                f"(the wavelet transform halves it, then the network halves it "
+                f"{divisor.bit_length() - 1} times); got {self.shape}"
+            )
+
+
+@dataclass(frozen=True)
+class TrainingDefaults:
+    learning_rate: float = 1e-5
+    batch_size: int = 1
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    network: NetworkConfig
+    grid: GridConfig
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    training: TrainingDefaults = field(default_factory=TrainingDefaults)
+    dilate: int = 0
+
+
+PRESETS: dict[str, Preset] = {
+    "paper": Preset(
+        name="paper",
+        description="The paper's brain network: base 64, multipliers 1,2,2,4,4, 224x224x160 at 1 mm.",
+        network=NetworkConfig(),
+        grid=GridConfig(shape=(224, 224, 160), spacing=(1.0, 1.0, 1.0)),
+    ),
+    "knee": Preset(
+        name="knee",
+        description="The paper's knee network: 288x288x160 at 0.5 mm, lesion masks dilated by 3 voxels.",
+        network=NetworkConfig(),
+        grid=GridConfig(shape=(288, 288, 160), spacing=(0.5, 0.5, 0.5)),
+        dilate=3,
+    ),
+    "small": Preset(
+        name="small",
+        description="A laptop-sized brain network: base 32, 3 levels, 96x96x64 at 2.4 mm.",
+        network=NetworkConfig(
+            base_channels=32,
+            channel_mult=(1, 2, 4),
+            num_res_blocks=2,
+            attention_levels=(2,),
+            head_channels=32,
+            norm_groups=16,
+        ),
+        grid=GridConfig(shape=(96, 96, 64), spacing=(2.4, 2.4, 2.4)),
+        training=TrainingDefaults(learning_rate=2e-4, batch_size=2, ema_decay=0.995),
+    ),
+    "tiny": Preset(
+        name="tiny",
+        description="A test-sized network: base 16, 3 levels, 48x48x32 at 4.8 mm.",
+        network=NetworkConfig(
+            base_channels=16,
+            channel_mult=(1, 2, 2),
+            num_res_blocks=1,
+            attention_levels=(2,),
+            head_channels=16,
+            norm_groups=8,
+        ),
+        grid=GridConfig(shape=(48, 48, 32), spacing=(4.8, 4.8, 4.8)),
+        training=TrainingDefaults(learning_rate=1e-3, batch_size=2, ema_decay=0.9),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None

@@ -1,0 +1,61 @@
+"""Running the network fast: device choice, memory layout, mixed precision.
+
+On every device the network runs under ``torch.inference_mode`` in the
+channels-last-3d layout, which lets oneDNN (CPU) and cuDNN (GPU) pick their
+fastest 3-D convolutions; on CUDA it also runs in bfloat16 autocast. The sampler
+state stays float32 in any case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .errors import PowdrError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when available; asking for CUDA without it is an error."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise PowdrError("--device cuda was requested but PyTorch sees no CUDA GPU (use --device cpu or auto)")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise PowdrError(f"unknown device {name!r}; use auto, cpu or cuda")
+
+
+class FastForward:
+    """Callable wrapper: ``FastForward(net, device)(x, t)`` -> float32 prediction.
+
+    Args:
+        network: the model (moved to ``device``, put in eval mode, channels-last-3d).
+        device: where to run.
+        precision: "auto" (bf16 on CUDA, fp32 on CPU), "fp32" or "bf16".
+        compile: wrap the network in ``torch.compile`` (worth it for long runs only).
+    """
+
+    def __init__(self, network: torch.nn.Module, device: torch.device, precision: str = "auto", compile: bool = False):
+        if precision not in ("auto", "fp32", "bf16"):
+            raise PowdrError(f"unknown precision {precision!r}; use auto, fp32 or bf16")
+        if precision == "auto":
+            precision = "bf16" if device.type == "cuda" else "fp32"
+        self.device = device
+        self.precision = precision
+        self.network = network.eval().to(device=device, memory_format=torch.channels_last_3d)
+        self._call = torch.compile(self.network) if compile else self.network
+
+    def _autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, memory_format=torch.channels_last_3d)
+        with torch.inference_mode(), self._autocast():
+            out = self._call(x, t.to(self.device))
+        return out.float().contiguous()

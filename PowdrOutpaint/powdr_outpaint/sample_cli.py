@@ -1,0 +1,54 @@
+"""``powdr-outpaint sample``: outpaint one image around its lesion."""
+
+from __future__ import annotations
+
+import argparse
+
+from .outpaint import PRESERVE_MODES, OutpaintOptions, run_outpaint
+from .progress import Progress
+from .samplers import SAMPLERS
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sample",
+        help="synthesise N volumes around a kept lesion, with mean and std maps",
+        description="Synthesise N volumes around a kept lesion. Outputs are on the input's grid.",
+    )
+    parser.add_argument("--image", required=True, help="MRI volume (.nii, .nii.gz or .nrrd)")
+    parser.add_argument("--mask", required=True, help="lesion mask or label map (any grid; resampled if needed)")
+    parser.add_argument("--checkpoint", required=True, help="model checkpoint (.pt)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--samples", type=int, default=3, help="number of volumes (default 3)")
+    parser.add_argument("--steps", type=int, default=100, help="denoising steps K (1..1000, default 100)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ddpm", help="default ddpm (ancestral)")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (default 0)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    parser.add_argument("--batch-size", type=int, default=1, help="volumes denoised together (default 1)")
+    parser.add_argument("--labels", default=None, help="lesion labels, e.g. 1,2,4 (default: all > 0)")
+    parser.add_argument("--preserve", choices=PRESERVE_MODES, default="exact",
+                        help="exact: lesion voxels copied from the input (default); model: raw network output")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="auto: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--progress", choices=("text", "json", "none"), default="text",
+                        help="text: a progress bar; json: one JSON object per line on stdout")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    options = OutpaintOptions(
+        samples=args.samples,
+        steps=args.steps,
+        sampler=args.sampler,
+        eta=args.eta,
+        seed=args.seed,
+        device=args.device,
+        batch_size=args.batch_size,
+        labels=args.labels,
+        preserve=args.preserve,
+        precision=args.precision,
+    )
+    progress = Progress(args.progress, min_interval_s=0.2)
+    run_outpaint(args.image, args.mask, args.checkpoint, args.out, options, progress)
+    return 0
