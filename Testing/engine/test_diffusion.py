@@ -1,0 +1,115 @@
+"""The schedule and samplers, checked against closed forms derived independently."""
+
+import numpy as np
+import pytest
+import torch
+
+from powdr_outpaint.diffusion import DiffusionConfig, Schedule, respaced_schedule, respaced_timesteps
+from powdr_outpaint.samplers import Sampler
+
+
+@pytest.fixture(scope="module")
+def schedule():
+    return Schedule.from_config(DiffusionConfig())
+
+
+def test_linear_betas_and_cumulative_product(schedule):
+    assert schedule.num_steps == 1000
+    assert schedule.betas[0] == pytest.approx(1e-4) and schedule.betas[-1] == pytest.approx(0.02)
+    assert np.allclose(np.diff(schedule.betas), (0.02 - 1e-4) / 999)
+    # abar_t = prod(1 - beta_s) computed in log space as an independent route.
+    expected = np.exp(np.cumsum(np.log1p(-schedule.betas)))
+    np.testing.assert_allclose(schedule.alphas_cumprod, expected, rtol=1e-12)
+    assert schedule.alphas_cumprod[-1] < 1e-4  # the last step is nearly pure noise
+
+
+def _bayes_posterior(abar_t, abar_prev):
+    """q(x_prev | x_t, x0) from Gaussian conditioning, written as linear regression.
+
+    x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev) e1;  x_t = sqrt(a) x_prev + sqrt(1 - a) e2,
+    with a = abar_t / abar_prev. Condition the joint Gaussian of (x_prev, x_t) given x0.
+    """
+    a = abar_t / abar_prev
+    var_prev = 1.0 - abar_prev
+    var_t = a * var_prev + (1.0 - a)
+    cov = np.sqrt(a) * var_prev
+    gain = cov / var_t
+    coef_xt = gain
+    coef_x0 = np.sqrt(abar_prev) - gain * np.sqrt(abar_t)
+    variance = var_prev - gain * cov
+    return coef_x0, coef_xt, variance
+
+
+@pytest.mark.parametrize("t", [1, 10, 500, 999])
+def test_posterior_matches_gaussian_conditioning(schedule, t):
+    coef_x0, coef_xt, variance = _bayes_posterior(schedule.alphas_cumprod[t], schedule.alphas_cumprod[t - 1])
+    assert schedule.posterior_mean_coef_x0[t] == pytest.approx(coef_x0, rel=1e-9)
+    assert schedule.posterior_mean_coef_xt[t] == pytest.approx(coef_xt, rel=1e-9)
+    assert schedule.posterior_variance[t] == pytest.approx(variance, rel=1e-9)
+
+
+def test_q_sample_has_the_right_marginal(schedule):
+    torch.manual_seed(0)
+    x0 = torch.full((200_000,), 0.7, dtype=torch.float64)
+    t = torch.full((200_000,), 300)
+    xt = schedule.q_sample(x0, t, torch.randn_like(x0))
+    abar = schedule.alphas_cumprod[300]
+    assert xt.mean().item() == pytest.approx(np.sqrt(abar) * 0.7, abs=5e-3)
+    assert xt.var().item() == pytest.approx(1 - abar, rel=2e-2)
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 50, 999, 1000])
+def test_respaced_timesteps_are_evenly_spread(k):
+    steps = respaced_timesteps(1000, k)
+    assert len(steps) == k
+    assert steps[-1] == 999 and (k == 1 or steps[0] == 0)
+    assert np.all(np.diff(steps) > 0)
+
+
+def test_respaced_schedule_keeps_the_marginals(schedule):
+    kept = respaced_timesteps(1000, 25)
+    respaced = respaced_schedule(schedule, kept)
+    np.testing.assert_allclose(respaced.alphas_cumprod, schedule.alphas_cumprod[kept], rtol=1e-12)
+    with pytest.raises(ValueError):
+        respaced_timesteps(1000, 0)
+
+
+def test_full_length_ddpm_uses_the_training_posterior(schedule):
+    sampler = Sampler(schedule, "ddpm", 1000)
+    np.testing.assert_allclose(sampler.respaced.posterior_variance, schedule.posterior_variance, rtol=1e-10)
+
+
+@pytest.mark.parametrize("k", [10, 1000])
+def test_ddim_with_eta_one_equals_ddpm_posterior(schedule, k):
+    torch.manual_seed(0)
+    xt, x0, noise = (torch.randn(2, 8, 4, 4, 4, dtype=torch.float64) for _ in range(3))
+    ddpm = Sampler(schedule, "ddpm", k)
+    ddim = Sampler(schedule, "ddim", k, eta=1.0)
+    for index in (ddpm.num_steps - 1, ddpm.num_steps // 2, 1):
+        torch.testing.assert_close(ddpm.step(xt, index, x0, noise), ddim.step(xt, index, x0, noise))
+
+
+def test_deterministic_ddim_recovers_x0_from_its_own_noise(schedule):
+    # With eta = 0 and a perfect x0 prediction the trajectory stays on the line through x0.
+    torch.manual_seed(0)
+    x0 = torch.randn(1, 8, 4, 4, 4, dtype=torch.float64)
+    eps = torch.randn_like(x0)
+    sampler = Sampler(schedule, "ddim", 20, eta=0.0)
+    top = sampler.model_timestep(sampler.num_steps - 1)
+    x = schedule.q_sample(x0, torch.tensor([top]), eps)
+    for index in sampler.indices():
+        assert not sampler.needs_noise(index)
+        x = sampler.step(x, index, x0, None)
+    torch.testing.assert_close(x, x0)
+
+
+def test_last_step_returns_the_prediction(schedule):
+    x0 = torch.randn(1, 8, 2, 2, 2, dtype=torch.float64)
+    xt = torch.randn_like(x0)
+    for kind in ("ddpm", "ddim"):
+        torch.testing.assert_close(Sampler(schedule, kind, 10).step(xt, 0, x0, None), x0)
+
+
+def test_unknown_sampler_is_refused(schedule):
+    with pytest.raises(ValueError, match="unknown sampler"):
+        Sampler(schedule, "euler", 10)
