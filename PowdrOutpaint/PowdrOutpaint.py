@@ -1,0 +1,591 @@
+"""PowdrOutpaint: pathology-preserving outpainting of 3-D MRI in 3D Slicer.
+
+The user keeps a real lesion and gets N synthetic volumes around it, with voxel-wise mean
+and standard deviation maps. The computation lives in ``PowdrOutpaintLib`` (no Qt) and runs
+the ``powdr_outpaint`` engine in a separate process; this file holds the Slicer module, its
+panel and its self-test.
+"""
+
+import logging
+import os
+from typing import Annotated, Optional, Union
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+from PowdrOutpaintLib import (
+    DEVICES,
+    PRESERVE_MODES,
+    SAMPLERS,
+    OutpaintProgress,
+    PowdrOutpaintError,
+    PowdrOutpaintLogic,
+    PowdrOutpaintResult,
+)
+from PowdrOutpaintLib import dependencies
+
+try:
+    from slicer.i18n import tr as _
+    from slicer.i18n import translate
+except ImportError:  # Slicer before 5.4
+    def _(text):
+        return text
+
+    def translate(context, text):
+        return text
+
+__all__ = ["PowdrOutpaint", "PowdrOutpaintWidget", "PowdrOutpaintLogic", "PowdrOutpaintTest"]
+
+SETTINGS_CHECKPOINT = "PowdrOutpaint/CheckpointPath"
+SETTINGS_EXPORT_DIRECTORY = "PowdrOutpaint/ExportDirectory"
+
+
+#
+# PowdrOutpaint
+#
+
+
+class PowdrOutpaint(ScriptedLoadableModule):
+    """Module description shown in Slicer's module list and help panel."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("PowdrOutpaint")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = ["Segmentations", "Sequences"]
+        self.parent.contributors = ["PowdrOutpaint authors"]
+        self.parent.helpText = _("""
+Pathology-preserving outpainting of 3-D MRI. Keep a real lesion (a segmentation or a label map)
+and generate N synthetic volumes around it with a conditional wavelet diffusion model, together
+with the voxel-wise mean and standard deviation of the samples.
+<ul>
+<li>Choose the MRI, the lesion and a model checkpoint; its model card is shown below the path.</li>
+<li>Press <b>Generate samples</b>. The run happens in a separate process: Slicer stays responsive,
+<b>Cancel</b> stops it and adds nothing.</li>
+<li>Results appear under the input's study: a sequence of samples (scrub with the sequence browser
+slider), <i>_sNN</i> volumes, mean and std maps, shown as original | sample | mean with the std
+map as overlay and the lesion outlined.</li>
+<li><b>Export</b> writes each sample with its lesion mask as NIfTI files.</li>
+</ul>
+See the project's README for batch use without the GUI.
+""")
+        self.parent.acknowledgementText = _("""
+The diffusion model follows the conditional wavelet diffusion approach for 3-D medical images.
+Example data: BraTS (Menze et al., IEEE TMI 2015; Bakas et al., Sci. Data 2017) and Slicer's
+MRBrainTumor1 sample.
+""")
+
+
+#
+# Parameter node
+#
+
+
+@parameterNodeWrapper
+class PowdrOutpaintParameterNode:
+    """Settings of the module panel, saved with the scene.
+
+    inputVolume - the MRI to outpaint.
+    lesionNode - the lesion: a segmentation or a label map volume.
+    checkpointPath - the model checkpoint file.
+    numberOfSamples, numberOfSteps, sampler, eta, seed, device, preserve, batchSize - sampling settings.
+    exportDirectory - where Export writes.
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    lesionNode: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]
+    checkpointPath: str = ""
+    numberOfSamples: Annotated[int, WithinRange(1, 100)] = 5
+    numberOfSteps: Annotated[int, WithinRange(1, 1000)] = 100
+    sampler: Annotated[str, Choice(list(SAMPLERS))] = "ddpm"
+    eta: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
+    seed: Annotated[int, WithinRange(0, 2147483647)] = 0
+    device: Annotated[str, Choice(list(DEVICES))] = "auto"
+    preserve: Annotated[str, Choice(list(PRESERVE_MODES))] = "exact"
+    batchSize: Annotated[int, WithinRange(1, 64)] = 1
+    exportDirectory: str = ""
+
+
+#
+# PowdrOutpaintWidget
+#
+
+
+class PowdrOutpaintWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The module panel."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._job = None
+        self._result: Optional[PowdrOutpaintResult] = None
+        self._pollTimer = None
+        self._updatingGui = False
+        self._shownCheckpoint = None
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/PowdrOutpaint.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = PowdrOutpaintLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.checkpointPathLineEdit.connect("currentPathChanged(QString)", self.onCheckpointPathChanged)
+        self.ui.exportDirectoryButton.connect("directoryChanged(QString)", self.onExportDirectoryChanged)
+        self.ui.lesionSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onLesionNodeChanged)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.editLesionButton.connect("clicked(bool)", self.onEditLesionButton)
+        self.ui.showResultsButton.connect("clicked(bool)", self.onShowResultsButton)
+        self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+
+        # The worker reports through a queue; this timer drains it in the GUI thread
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(200)
+        self._pollTimer.connect("timeout()", self.onPollTimer)
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        """Called when the application closes and the module widget is destroyed."""
+        if self._job is not None and not self._job.finished:
+            self._job.cancel()
+        if self._pollTimer is not None:
+            self._pollTimer.stop()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGuiFromParameterNode)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self._job is not None and not self._job.finished:
+            self._job.cancel()
+        self._result = None
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+        self.updateResultsGui()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(PowdrOutpaintParameterNode(self.logic.getParameterNode()))
+        parameterNode = self._parameterNode
+        if not parameterNode.inputVolume:
+            volumes = [node for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                       if not node.IsA("vtkMRMLLabelMapVolumeNode")]
+            if volumes:
+                parameterNode.inputVolume = volumes[0]
+        if not parameterNode.lesionNode:
+            segmentationNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+            if segmentationNode:
+                parameterNode.lesionNode = segmentationNode
+        if not parameterNode.checkpointPath:
+            parameterNode.checkpointPath = str(qt.QSettings().value(SETTINGS_CHECKPOINT, "") or "")
+        if not parameterNode.exportDirectory:
+            parameterNode.exportDirectory = str(qt.QSettings().value(SETTINGS_EXPORT_DIRECTORY, "") or "")
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGuiFromParameterNode)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # Widgets with a SlicerParameterName property in the .ui file are bound here
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGuiFromParameterNode)
+        self.updateGuiFromParameterNode()
+
+    # ------------------------------------------------------------------ GUI state
+    def updateGuiFromParameterNode(self, caller=None, event=None) -> None:
+        """Settings that are not bound automatically, and the state of the buttons."""
+        if self._updatingGui:
+            return
+        self._updatingGui = True
+        try:
+            parameterNode = self._parameterNode
+            if parameterNode is not None:
+                if self.ui.checkpointPathLineEdit.currentPath != parameterNode.checkpointPath:
+                    self.ui.checkpointPathLineEdit.currentPath = parameterNode.checkpointPath
+                if parameterNode.exportDirectory and self.ui.exportDirectoryButton.directory != parameterNode.exportDirectory:
+                    self.ui.exportDirectoryButton.directory = parameterNode.exportDirectory
+                self.ui.etaSliderWidget.enabled = parameterNode.sampler == "ddim"
+            self.updateLesionGui()
+            self.updateModelCard()
+            self.updateRunButtons()
+        finally:
+            self._updatingGui = False
+
+    def updateLesionGui(self) -> None:
+        lesionNode = self._parameterNode.lesionNode if self._parameterNode else None
+        isSegmentation = lesionNode is not None and lesionNode.IsA("vtkMRMLSegmentationNode")
+        self.ui.segmentsLabel.visible = isSegmentation
+        self.ui.segmentSelector.visible = isSegmentation
+        shownNode = self.ui.segmentSelector.currentNode()
+        if isSegmentation and (shownNode is None or shownNode.GetID() != lesionNode.GetID()):
+            self.ui.segmentSelector.setCurrentNode(lesionNode)
+            self.selectVisibleSegments(lesionNode)
+
+    def selectVisibleSegments(self, segmentationNode) -> None:
+        try:
+            segmentIds = self.logic.selectedSegmentIds(segmentationNode)
+        except ValueError:
+            segmentIds = []
+        self.ui.segmentSelector.setSelectedSegmentIDs(segmentIds)
+
+    def updateRunButtons(self) -> None:
+        running = self._job is not None and not self._job.finished
+        parameterNode = self._parameterNode
+        problem = None
+        if parameterNode is None:
+            problem = _("No parameter node.")
+        elif not parameterNode.inputVolume:
+            problem = _("Select the MRI volume.")
+        elif not parameterNode.lesionNode:
+            problem = _("Select the lesion (a segmentation or a label map).")
+        elif not parameterNode.checkpointPath or not os.path.isfile(parameterNode.checkpointPath):
+            problem = _("Select a model checkpoint file.")
+        self.ui.applyButton.enabled = problem is None and not running
+        self.ui.applyButton.toolTip = problem or _("Generate the samples, their mean and their standard deviation.")
+        if parameterNode is not None:
+            self.ui.applyButton.text = _("Generate {count} samples").format(count=parameterNode.numberOfSamples)
+        self.ui.cancelButton.enabled = running
+        for widget in (self.ui.inputsCollapsibleButton, self.ui.samplingCollapsibleButton):
+            widget.enabled = not running
+
+    def updateModelCard(self) -> None:
+        path = self._parameterNode.checkpointPath if self._parameterNode else ""
+        if path == self._shownCheckpoint:
+            return
+        self._shownCheckpoint = path
+        if not path:
+            self.ui.modelCardLabel.text = _("No checkpoint selected.")
+            return
+        if not os.path.isfile(path):
+            self.ui.modelCardLabel.text = _("The file does not exist.")
+            return
+        self.ui.modelCardLabel.text = _("Reading the checkpoint...")
+        slicer.app.processEvents()
+        try:
+            with slicer.util.WaitCursor():
+                card = self.logic.readModelCard(path)
+            self.ui.modelCardLabel.text = self.logic.formatModelCard(card)
+            self.ui.modelCardLabel.toolTip = ""
+        except PowdrOutpaintError as error:
+            self.ui.modelCardLabel.text = str(error)
+            self.ui.modelCardLabel.toolTip = error.log
+
+    def updateResultsGui(self) -> None:
+        result = self._result
+        if result is not None and (result.meanNode is None or result.meanNode.GetScene() is None):
+            result = self._result = None  # the nodes were deleted
+        self.ui.showResultsButton.enabled = result is not None
+        self.ui.exportButton.enabled = result is not None
+        if result is None:
+            self.ui.resultsLabel.text = _("No results yet.")
+        else:
+            self.ui.resultsLabel.text = _(
+                "{count} samples of '{name}' in {seconds}: sequence '{sequence}', mean, std and lesion volumes."
+            ).format(count=len(result.sampleNodes), name=result.inputVolume.GetName(),
+                     seconds=OutpaintProgress.formatDuration(result.seconds),
+                     sequence=result.sequenceNode.GetName())
+
+    # ------------------------------------------------------------------ reactions
+    def onCheckpointPathChanged(self, path) -> None:
+        if self._parameterNode is None or self._updatingGui:
+            return
+        self._parameterNode.checkpointPath = path
+        if path and os.path.isfile(path):
+            qt.QSettings().setValue(SETTINGS_CHECKPOINT, path)
+
+    def onExportDirectoryChanged(self, directory) -> None:
+        if self._parameterNode is None or self._updatingGui:
+            return
+        self._parameterNode.exportDirectory = directory
+        qt.QSettings().setValue(SETTINGS_EXPORT_DIRECTORY, directory)
+
+    def onLesionNodeChanged(self, node) -> None:
+        self.updateLesionGui()
+
+    def onEditLesionButton(self) -> None:
+        """Open the Segment Editor on the lesion (create a segmentation when needed)."""
+        parameterNode = self._parameterNode
+        volumeNode = parameterNode.inputVolume
+        lesionNode = parameterNode.lesionNode
+        with slicer.util.tryWithErrorDisplay(_("Could not open the lesion in Segment Editor."), waitCursor=True):
+            if lesionNode is None or not lesionNode.IsA("vtkMRMLSegmentationNode"):
+                baseName = volumeNode.GetName() if volumeNode else "Lesion"
+                segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{baseName} lesion")
+                segmentationNode.CreateDefaultDisplayNodes()
+                if volumeNode is not None:
+                    segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+                if lesionNode is not None:
+                    slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(lesionNode, segmentationNode)
+                else:
+                    segmentationNode.GetSegmentation().AddEmptySegment("lesion", "lesion", [1.0, 0.85, 0.0])
+                parameterNode.lesionNode = segmentationNode
+                lesionNode = segmentationNode
+            slicer.util.selectModule("SegmentEditor")
+            editor = slicer.modules.SegmentEditorWidget.editor
+            editor.setSegmentationNode(lesionNode)
+            if volumeNode is not None:
+                if hasattr(editor, "setSourceVolumeNode"):
+                    editor.setSourceVolumeNode(volumeNode)
+                else:
+                    editor.setMasterVolumeNode(volumeNode)
+
+    def installDependencies(self) -> bool:
+        """Install missing packages after one confirmation; False if declined."""
+        if not dependencies.missingRequirements():
+            return True
+        slicer.util.showStatusMessage(_("Installing PowdrOutpaint dependencies..."))
+        try:
+            with slicer.util.WaitCursor():
+                return dependencies.ensureDependencies(
+                    askConfirmation=None if slicer.app.testingEnabled() else (
+                        lambda message: slicer.util.confirmOkCancelDisplay(message, _("Install dependencies"))))
+        finally:
+            slicer.util.showStatusMessage("")
+
+    def selectedSegmentIds(self):
+        lesionNode = self._parameterNode.lesionNode
+        if lesionNode is None or not lesionNode.IsA("vtkMRMLSegmentationNode"):
+            return None
+        selected = list(self.ui.segmentSelector.selectedSegmentIDs())
+        return selected or None  # nothing checked: the visible segments
+
+    def onApplyButton(self) -> None:
+        parameterNode = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("PowdrOutpaint could not start."), waitCursor=True):
+            try:
+                if not self.installDependencies():
+                    self.ui.statusLabel.text = _("The Python packages PowdrOutpaint needs are not installed.")
+                    return
+            except dependencies.DependencyError as error:
+                slicer.util.errorDisplay(str(error))
+                return
+            self.ui.logTextEdit.clear()
+            self.ui.progressBar.setRange(0, 1000)
+            self.ui.progressBar.value = 0
+            self._job = self.logic.process(
+                parameterNode.inputVolume,
+                parameterNode.lesionNode,
+                parameterNode.checkpointPath,
+                numberOfSamples=parameterNode.numberOfSamples,
+                numberOfSteps=parameterNode.numberOfSteps,
+                sampler=parameterNode.sampler,
+                eta=parameterNode.eta,
+                seed=parameterNode.seed,
+                device=parameterNode.device,
+                preserve=parameterNode.preserve,
+                batchSize=parameterNode.batchSize,
+                segmentIds=self.selectedSegmentIds(),
+                waitForCompletion=False,
+                progressCallback=self.onProgress,
+                logCallback=self.onLog,
+                completedCallback=self.onCompleted,
+            )
+            self._pollTimer.start()
+        self.updateRunButtons()
+
+    def onPollTimer(self) -> None:
+        if self._job is None or self._job.poll():
+            self._pollTimer.stop()
+
+    def onProgress(self, progress: OutpaintProgress) -> None:
+        if progress.fraction is None:
+            self.ui.progressBar.setRange(0, 0)  # busy indicator
+        else:
+            self.ui.progressBar.setRange(0, 1000)
+            self.ui.progressBar.value = int(round(1000 * max(0.0, min(1.0, progress.fraction))))
+        self.ui.statusLabel.text = progress.text()
+
+    def onLog(self, line: str) -> None:
+        self.ui.logTextEdit.appendPlainText(line)
+
+    def onCompleted(self, job) -> None:
+        self._pollTimer.stop()
+        self.ui.progressBar.setRange(0, 1000)
+        if job.state == "completed":
+            self._result = job.result
+            self.ui.progressBar.value = 1000
+            self.ui.statusLabel.text = _("Done in {seconds}.").format(
+                seconds=OutpaintProgress.formatDuration(job.result.seconds))
+            self.showResults()
+        elif job.state == "cancelled":
+            self.ui.progressBar.value = 0
+            self.ui.statusLabel.text = _("Cancelled: no results were added.")
+        else:
+            self.ui.progressBar.value = 0
+            self.ui.statusLabel.text = str(job.error)
+            self.ui.logCollapsibleButton.collapsed = False
+            slicer.util.errorDisplay(str(job.error), windowTitle=_("PowdrOutpaint failed"),
+                                     detailedText=job.error.log)
+        self.updateRunButtons()
+        self.updateResultsGui()
+
+    def onCancelButton(self) -> None:
+        self.ui.statusLabel.text = _("Cancelling...")
+        slicer.app.processEvents()
+        self.logic.cancel()
+
+    def showResults(self) -> None:
+        result = self._result
+        if result is None:
+            return
+        self.logic.showResults(result)
+        slicer.util.resetSliceViews()
+        self.logic.centerViewsOnLesion(result)
+        sequencesModule = getattr(slicer.modules, "sequences", None)
+        if sequencesModule is not None and hasattr(sequencesModule, "showSequenceBrowser"):
+            sequencesModule.showSequenceBrowser(result.browserNode)  # the slider that scrubs the samples
+        else:
+            logging.debug("Sequence browser toolbar not available")
+
+    def onShowResultsButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not show the results."), waitCursor=True):
+            self.showResults()
+
+    def onExportButton(self) -> None:
+        folder = self.ui.exportDirectoryButton.directory
+        with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
+            paths = self.logic.exportResult(self._result, folder)
+            self.ui.statusLabel.text = _("Wrote {count} files to {folder}.").format(count=len(paths), folder=folder)
+
+
+#
+# PowdrOutpaintTest
+#
+
+
+class PowdrOutpaintTest(ScriptedLoadableModuleTest):
+    """Runs the whole flow in Slicer on the MRBrainTumor1 sample with a tiny untrained checkpoint."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_PowdrOutpaint1()
+
+    def _makeTinyCheckpoint(self, logic):
+        folder = slicer.util.tempDirectory("PowdrOutpaintTest")
+        path = os.path.join(folder, "tiny.pt")
+        completed = logic.runEngineCommand("init-checkpoint", "--preset", "tiny", "--out", path, timeout=600)
+        self.assertEqual(completed.returncode, 0, completed.stderr)
+        return folder, path
+
+    def test_PowdrOutpaint1(self):
+        import numpy as np
+        import SampleData
+
+        self.delayDisplay("Checking dependencies")
+        self.assertTrue(dependencies.ensureDependencies(askConfirmation=None))
+
+        self.delayDisplay("Loading MRBrainTumor1")
+        inputVolume = SampleData.downloadSample("MRBrainTumor1")
+        self.assertIsNotNone(inputVolume)
+        inputArray = np.array(slicer.util.arrayFromVolume(inputVolume))
+        inputMatrix = vtk.vtkMatrix4x4()
+        inputVolume.GetIJKToRASMatrix(inputMatrix)
+        inputMatrix = slicer.util.arrayFromVTKMatrix(inputMatrix)
+
+        # A spherical "lesion" (20 mm radius) near the centre of the volume
+        bounds = [0.0] * 6
+        inputVolume.GetRASBounds(bounds)
+        center = [(bounds[0] + bounds[1]) / 2 + 15, (bounds[2] + bounds[3]) / 2, (bounds[4] + bounds[5]) / 2 + 10]
+        sphere = vtk.vtkSphereSource()
+        sphere.SetCenter(center)
+        sphere.SetRadius(20)
+        sphere.SetPhiResolution(30)
+        sphere.SetThetaResolution(30)
+        sphere.Update()
+        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "lesion")
+        segmentationNode.CreateDefaultDisplayNodes()
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
+        segmentationNode.AddSegmentFromClosedSurfaceRepresentation(sphere.GetOutput(), "lesion", [1.0, 0.85, 0.0])
+
+        logic = PowdrOutpaintLogic()
+        folder, checkpointPath = self._makeTinyCheckpoint(logic)
+        card = logic.readModelCard(checkpointPath)
+        self.assertEqual(card.get("preset"), "tiny")
+
+        self.delayDisplay("Outpainting 3 samples with 5 steps")
+        nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
+        result = logic.process(inputVolume, segmentationNode, checkpointPath, numberOfSamples=3,
+                               numberOfSteps=5, seed=0, device="cpu")
+        self.assertGreater(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
+        self.assertEqual(len(result.sampleNodes), 3)
+        self.assertEqual(result.sequenceNode.GetNumberOfDataNodes(), 3)
+        lesion = slicer.util.arrayFromVolume(result.lesionNode) > 0
+        self.assertTrue(lesion.any())
+        for node in result.sampleNodes + [result.meanNode, result.stdNode, result.lesionNode]:
+            matrix = vtk.vtkMatrix4x4()
+            node.GetIJKToRASMatrix(matrix)
+            np.testing.assert_array_equal(slicer.util.arrayFromVTKMatrix(matrix), inputMatrix)
+            self.assertEqual(node.GetImageData().GetDimensions(), inputVolume.GetImageData().GetDimensions())
+        for node in result.sampleNodes:
+            np.testing.assert_array_equal(slicer.util.arrayFromVolume(node)[lesion], inputArray[lesion])
+        self.assertEqual(float(np.abs(slicer.util.arrayFromVolume(result.stdNode)[lesion]).max()), 0.0)
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(inputVolume), inputArray)
+
+        self.delayDisplay("Showing original | sample | mean")
+        self.assertTrue(logic.showResults(result))
+        slicer.util.resetSliceViews()
+
+        exported = logic.exportResult(result, os.path.join(folder, "export"))
+        self.assertIn(os.path.join(folder, "export", "MRBrainTumor1_outpaint_s00_lesion.nii.gz"), exported)
+
+        self.delayDisplay("Cancelling a run")
+        nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
+        job = logic.process(inputVolume, segmentationNode, checkpointPath, numberOfSamples=3,
+                            numberOfSteps=200, seed=1, device="cpu", waitForCompletion=False)
+        import time
+
+        deadline = time.monotonic() + 60
+        while job.progress.stage != "sampling" and not job.poll() and time.monotonic() < deadline:
+            slicer.app.processEvents()
+            time.sleep(0.1)
+        job.cancel()
+        self.assertEqual(job.state, "cancelled")
+        self.assertIsNotNone(job.worker.returnCode)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
+        self.assertIsNotNone(job.worker.process.poll(), "the worker process is still running")
+
+        self.delayDisplay("A bad checkpoint gives one clear error")
+        badCheckpoint = os.path.join(folder, "bad.pt")
+        with open(badCheckpoint, "wb") as stream:
+            stream.write(b"this is not a checkpoint")
+        with self.assertRaises(PowdrOutpaintError) as context:
+            logic.process(inputVolume, segmentationNode, badCheckpoint, numberOfSamples=2, numberOfSteps=2,
+                          device="cpu")
+        self.assertTrue(str(context.exception))
+        self.assertNotIn("Traceback", str(context.exception))
+
+        self.delayDisplay("Test passed")
