@@ -20,6 +20,10 @@ SUBCOMMAND_MODULES = (
     "sample_cli",
     "checkpoint_cli",
     "bench",
+    "train_cli",
+    "evaluate_cli",
+    "generate_cli",
+    "export_cli",
 )
 
 

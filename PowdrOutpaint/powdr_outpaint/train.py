@@ -1,0 +1,573 @@
+"""Training loop: x0 loss in the wavelet domain, EMA, checkpoints, resume, many processes.
+
+One iteration draws ``batch_size`` cases per process, builds the condition (the
+image times the tumour mask for strategy A, times a random blob for strategy B, or
+either at random for "mixed"), noises the image's wavelet subbands at a uniform
+random timestep and takes one AdamW step on the MSE between the network's x0
+prediction and the true subbands. An exponential moving average (EMA) of the weights
+is what checkpoints offer for sampling.
+
+Reproducibility: every random number of iteration ``s`` in process ``r`` comes from
+seeds derived from (seed, s, r) -- the data order from (seed, epoch), see
+:mod:`.train_stream` -- so a run stopped after N iterations and resumed gives the
+same weights as one that never stopped. Resuming restores the weights, the EMA, the
+optimiser state and the step; the random streams follow from the seed and the step.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import DataLoader
+
+from .bench import peak_rss_gib
+from .checkpoint import ModelConfig, TrainingInfo, read_checkpoint, save_checkpoint
+from .data import CachedCase, CaseStore, PrepareSettings, SkippedCase, discover_cases, modality_aliases, prepare_all
+from .diffusion import Schedule, x0_loss
+from .distributed import DistributedContext, setup
+from .errors import PowdrError
+from .network import OutpaintUNet
+from .outpaint import denoise, sample_generator
+from .preprocess import parse_labels
+from .presets import get_preset
+from .preview import render_preview, save_preview
+from .runtime import FastForward
+from .samplers import Sampler
+from .train_report import Reporter, TrainLog, read_log, stop_requests
+from .train_stream import STREAM_DROPOUT, STREAM_NOISE, StepBatches, TrainingItems, stream_seed
+from .transforms import condition_image, image_to_wavelet, make_condition
+
+__all__ = ["CONDITIONS", "RunSettings", "TrainOptions", "TrainResult", "read_log", "resolve_settings", "train"]
+
+CONDITIONS = ("tumor", "random", "mixed")
+STATE_VERSION = 1
+LOG_NAME = "train_log.csv"
+LATEST_NAME = "latest.pt"
+
+
+@dataclass
+class RunSettings:
+    """What defines a run; a resumed run must keep every one of these."""
+
+    preset: str
+    modality: str
+    labels: str
+    condition: str
+    p_random: float
+    dilate: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    ema_decay: float
+    grad_clip: float
+    seed: int
+    holdout: int
+
+
+@dataclass
+class TrainOptions:
+    """Command-line options; None means "the preset's default" (or the resumed run's)."""
+
+    out: str
+    data: str | None = None
+    preset: str | None = None
+    modality: str | None = None
+    labels: str | None = None
+    condition: str | None = None
+    p_random: float | None = None
+    dilate: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    weight_decay: float | None = None
+    ema_decay: float | None = None
+    grad_clip: float | None = None
+    seed: int | None = None
+    holdout: int | None = None
+    iterations: int = 200_000
+    save_every: int = 1000
+    snapshot_every: int = 10_000
+    preview_every: int = 5000
+    preview_steps: int = 50
+    resume: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int | None = None
+    threads: int | None = None
+    cache_dir: str | None = None
+    progress: str = "text"
+    compile: bool = False
+
+    def validate(self) -> None:
+        checks = [
+            (self.iterations >= 1, "--iterations must be at least 1"),
+            (self.save_every >= 1, "--save-every must be at least 1"),
+            (self.snapshot_every >= 0, "--snapshot-every must be 0 (none) or more"),
+            (self.preview_every >= 0, "--preview-every must be 0 (none) or more"),
+            (self.preview_steps >= 1, "--preview-steps must be at least 1"),
+            (self.batch_size is None or self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.learning_rate is None or self.learning_rate > 0, "--lr must be positive"),
+            (self.weight_decay is None or self.weight_decay >= 0, "--weight-decay must be 0 or more"),
+            (self.ema_decay is None or 0.0 <= self.ema_decay < 1.0, "--ema-decay must lie in [0, 1)"),
+            (self.grad_clip is None or self.grad_clip >= 0, "--grad-clip must be 0 (off) or more"),
+            (self.dilate is None or self.dilate >= 0, "--dilate must be 0 or more"),
+            (self.p_random is None or 0.0 <= self.p_random <= 1.0, "--p-random must lie in [0, 1]"),
+            (self.holdout is None or self.holdout >= 0, "--holdout must be 0 or more"),
+            (self.workers is None or self.workers >= 0, "--workers must be 0 or more"),
+            (self.threads is None or self.threads >= 1, "--threads must be at least 1"),
+            (self.condition is None or self.condition in CONDITIONS,
+             f"--condition must be one of {', '.join(CONDITIONS)}"),
+            (self.precision in ("auto", "fp32", "bf16"), "--precision must be auto, fp32 or bf16"),
+            (self.progress in ("text", "json", "none"), "--progress must be text, json or none"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise PowdrError(message)
+        if self.modality is not None:
+            modality_aliases(self.modality)
+
+
+def resolve_settings(options: TrainOptions, stored: dict[str, Any] | None) -> RunSettings:
+    """Fill unset options from the resumed run, else from the preset; refuse changes on resume."""
+    explicit = {
+        "preset": options.preset,
+        "modality": options.modality,
+        "labels": options.labels,
+        "condition": options.condition,
+        "p_random": options.p_random,
+        "dilate": options.dilate,
+        "batch_size": options.batch_size,
+        "learning_rate": options.learning_rate,
+        "weight_decay": options.weight_decay,
+        "ema_decay": options.ema_decay,
+        "grad_clip": options.grad_clip,
+        "seed": options.seed,
+        "holdout": options.holdout,
+    }
+    if stored is not None:
+        settings = RunSettings(**{f.name: stored[f.name] for f in fields(RunSettings)})
+        for name, value in explicit.items():
+            if value is None:
+                continue
+            if name == "labels":
+                value = _labels_text(value)
+            if value != getattr(settings, name):
+                flag = {"learning_rate": "lr"}.get(name, name).replace("_", "-")
+                raise PowdrError(
+                    f"--{flag} {value} differs from the run being resumed ({getattr(settings, name)}); "
+                    "leave it out or start a new run in another --out folder"
+                )
+        return settings
+    try:
+        preset = get_preset(options.preset or "paper")
+    except ValueError as error:
+        raise PowdrError(str(error)) from None
+    condition = options.condition or "random"
+    if options.p_random is not None and condition != "mixed":
+        raise PowdrError("--p-random only applies to --condition mixed")
+    defaults = preset.training
+    return RunSettings(
+        preset=preset.name,
+        modality=(options.modality or "t1").lower(),
+        labels=_labels_text(options.labels),
+        condition=condition,
+        p_random={"tumor": 0.0, "random": 1.0}.get(condition, 0.5 if options.p_random is None else options.p_random),
+        dilate=preset.dilate if options.dilate is None else options.dilate,
+        batch_size=options.batch_size or defaults.batch_size,
+        learning_rate=options.learning_rate or defaults.learning_rate,
+        weight_decay=0.0 if options.weight_decay is None else options.weight_decay,
+        ema_decay=defaults.ema_decay if options.ema_decay is None else options.ema_decay,
+        grad_clip=defaults.grad_clip if options.grad_clip is None else options.grad_clip,
+        seed=0 if options.seed is None else options.seed,
+        holdout=-1 if options.holdout is None else options.holdout,
+    )
+
+
+def _labels_text(labels: str | None) -> str:
+    parsed = parse_labels(labels)
+    return ",".join(map(str, parsed)) if parsed else ""
+
+
+class Ema:
+    """Exponential moving average of a module's floating-point state (float32 copies)."""
+
+    def __init__(self, module: torch.nn.Module, decay: float, initial: dict[str, torch.Tensor] | None = None):
+        self.decay = float(decay)
+        source = module.state_dict()
+        initial = initial if initial is not None else source
+        self.shadow = {k: initial[k].detach().to(v.device, torch.float32).clone() for k, v in source.items()}
+        self._pairs = [(self.shadow[k], v) for k, v in source.items() if v.dtype.is_floating_point]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        shadows = [s for s, _ in self._pairs]
+        values = [v.float() for _, v in self._pairs]
+        torch._foreach_lerp_(shadows, values, 1.0 - self.decay)
+
+
+def _to_cpu(value: Any) -> Any:
+    """Tensors anywhere in a nested state moved to the CPU (plain data only)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu").clone()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
+@dataclass
+class TrainResult:
+    """What a run did (returned to the caller; the figures are for this process)."""
+
+    out: Path
+    start_step: int
+    final_step: int
+    cases: int
+    skipped: list[SkippedCase] = field(default_factory=list)
+    seconds: float = 0.0
+    iterations_per_second: float = 0.0
+    peak_memory_gib: float = 0.0
+    latest: Path | None = None
+    interrupted: bool = False
+
+
+def _split_holdout(cases: list[CachedCase], holdout: int) -> tuple[list[CachedCase], list[CachedCase]]:
+    """Training and held-out cases: the last ``holdout`` by name are held out."""
+    if holdout < 0:
+        holdout = 1 if len(cases) >= 8 else 0
+    if holdout >= len(cases):
+        raise PowdrError(f"--holdout {holdout} leaves no training case out of {len(cases)}")
+    cut = len(cases) - holdout
+    return cases[:cut], cases[cut:]
+
+
+def _prepare_data(
+    settings: RunSettings,
+    config: ModelConfig,
+    data: str,
+    cache_dir: Path,
+    workers: int,
+    context: DistributedContext,
+    say: Callable[[str], None],
+) -> tuple[list[CachedCase], list[SkippedCase]]:
+    found, missing = discover_cases(data, settings.modality)
+    prep = PrepareSettings(config=config, labels=parse_labels(settings.labels), dilate=settings.dilate)
+    say(f"Preparing {len(found)} cases from {data} (cached in {cache_dir})")
+    every = max(1, len(found) // 10)
+
+    def report(done: int, total: int) -> None:
+        if total >= 20 and (done % every == 0 or done == total):
+            say(f"  {done} of {total} cases ready")
+
+    if context.enabled:
+        # Each process prepares its share first; afterwards everything is a cache hit
+        # (or, without a shared disk, prepared locally).
+        prepare_all(found[context.rank :: context.world_size], prep, cache_dir, workers)
+        context.barrier()
+    usable, failed = prepare_all(found, prep, cache_dir, workers, on_case=report)
+    return usable, missing + failed
+
+
+def _write_skipped(path: Path, skipped: list[SkippedCase]) -> None:
+    temporary = path.with_name(f".{path.name}.part")
+    with open(temporary, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("case", "reason"))
+        writer.writerows((s.name, s.reason) for s in skipped)
+    temporary.replace(path)
+
+
+class Trainer:
+    """One process's share of a run: data, model, optimiser, checkpoints and previews."""
+
+    def __init__(self, options: TrainOptions, settings: RunSettings, data: str, out: Path,
+                 payload: dict[str, Any] | None, context: DistributedContext):
+        self.options, self.settings, self.data, self.out, self.context = options, settings, data, out, context
+        self.device = context.device
+        self.main = context.is_main
+        self.state = payload["training_state"] if payload else None
+        self.start_step = int(self.state["step"]) if self.state else 0
+        self.reporter = Reporter(options.progress, self.main, self.start_step, options.iterations)
+        self.config = ModelConfig.from_preset(settings.preset, modality=settings.modality)
+        self.workers = options.workers if options.workers is not None else (2 if self.device.type == "cuda" else 0)
+        if self.main:
+            out.mkdir(parents=True, exist_ok=True)
+        self._load_data()
+        self._build_model(payload)
+        self.log = TrainLog(out / LOG_NAME, self.start_step if self.state else None) if self.main else None
+        self.elapsed_before = float(self.state["elapsed_s"]) if self.state else 0.0
+        self.run_started = time.perf_counter()
+        self.preview_net: OutpaintUNet | None = None
+        if self.main and options.preview_every:
+            with torch.random.fork_rng(devices=[]):  # building a network must not move the training stream
+                self.preview_net = OutpaintUNet(self.config.network)
+
+    def say(self, text: str) -> None:
+        if self.main:
+            self.reporter.message(text)
+
+    # ------------------------------------------------------------------ setup
+
+    def _load_data(self) -> None:
+        options, settings, context = self.options, self.settings, self.context
+        cache_dir = Path(options.cache_dir).expanduser() if options.cache_dir else self.out / "cache"
+        usable, self.skipped = _prepare_data(
+            settings, self.config, self.data, cache_dir, self.workers, context, self.say
+        )
+        for case in self.skipped:
+            self.say(f"  skipped {case.name}: {case.reason}")
+        if self.main:
+            _write_skipped(self.out / "skipped_cases.csv", self.skipped)
+        found = len(usable) + len(self.skipped)
+        if not usable:
+            raise PowdrError(f"none of the {found} cases in {self.data} could be used (see the reasons above)")
+        self.say(f"Using {len(usable)} of {found} cases ({len(self.skipped)} skipped)")
+        train_cases, held_out = _split_holdout(usable, settings.holdout)
+        self.names = [c.name for c in train_cases]
+        if self.state and list(self.state["data"]["cases"]) != self.names:
+            raise PowdrError(
+                f"the training cases ({len(self.names)}) differ from those of the run being resumed "
+                f"({len(self.state['data']['cases'])}); resume with the same data"
+            )
+        if self.state and int(self.state["world_size"]) != context.world_size:
+            self.say(
+                f"Resuming with {context.world_size} process(es) where the run used {self.state['world_size']}: "
+                "training continues, but not identically to an uninterrupted run"
+            )
+        store = CaseStore(train_cases)
+        self.items = TrainingItems(store, settings, store.lesion_volumes)
+        self.items_per_step = context.world_size * settings.batch_size
+        self.preview_case = CaseStore(held_out[:1] or train_cases[:1]).get(0)
+
+    def _build_model(self, payload: dict[str, Any] | None) -> None:
+        settings, state = self.settings, self.state
+        # The same initial weights in every process (DDP also broadcasts rank 0's).
+        torch.manual_seed(settings.seed)
+        self.network = OutpaintUNet(self.config.network)
+        if state:
+            self.network.load_state_dict(state["model"])
+        self.network.to(self.device)
+        self.ema = Ema(self.network, settings.ema_decay, payload["weights"] if payload else None)
+        self.optimizer = torch.optim.AdamW(
+            self.network.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+        )
+        if state:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.model: torch.nn.Module = self.network
+        if self.context.enabled:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        if self.options.compile:
+            self.model = torch.compile(self.model)
+        precision = self.options.precision
+        self.use_bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+        self.schedule = Schedule.from_config(self.config.diffusion)
+        self.lll = self.config.normalisation.lll_scale
+
+    # ----------------------------------------------------------- checkpoints
+
+    def checkpoint_config(self, step: int) -> ModelConfig:
+        settings = self.settings
+        return replace(self.config, training=TrainingInfo(
+            strategy=settings.condition,
+            iterations=step,
+            dilate=settings.dilate,
+            p_random=settings.p_random,
+            data=f"{Path(self.data).name}: {len(self.names)} cases ({settings.modality})",
+        ))
+
+    def save(self, step: int) -> Path:
+        """Write latest.pt (and a snapshot when due); main process only."""
+        epoch = step * self.items_per_step // len(self.names)
+        training_state = {
+            "version": STATE_VERSION,
+            "step": step,
+            "model": _to_cpu(self.network.state_dict()),
+            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "settings": asdict(self.settings),
+            "data_source": str(self.data),
+            "data": {
+                "cases": self.names,
+                "order_seed": self.settings.seed,
+                "next_item": step * self.items_per_step,
+                "epoch": epoch,
+                "epoch_order": [int(i) for i in self.items.order(epoch)],
+            },
+            # Every random stream is derived from the seed and the iteration (see the
+            # module docstring), so these numbers are the whole random state.
+            "rng": {"seed": self.settings.seed, "step": step, "world_size": self.context.world_size},
+            "world_size": self.context.world_size,
+            "elapsed_s": self.elapsed(),
+        }
+        self.log.flush()
+        config = self.checkpoint_config(step)
+        path = save_checkpoint(self.out / LATEST_NAME, config, self.ema.shadow, {"training_state": training_state})
+        if self.options.snapshot_every and step % self.options.snapshot_every == 0:
+            save_checkpoint(self.out / f"snapshot_{step:07d}.pt", config, self.ema.shadow)
+        return path
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.run_started
+
+    def preview(self, step: int) -> Path:
+        """Sample the held-out case with the EMA weights and write the PNG; main process only."""
+        assert self.preview_net is not None
+        case, device = self.preview_case, self.device
+        self.preview_net.load_state_dict(self.ema.shadow)
+        forward = FastForward(self.preview_net, device)
+        image = torch.from_numpy(case.image)[None, None].to(device)
+        lesion = torch.from_numpy(case.lesion)[None, None].to(device)
+        condition = make_condition(image, lesion, self.lll)
+        sampler = Sampler(self.schedule, "ddim", min(self.options.preview_steps, self.config.diffusion.timesteps))
+        sample = denoise(forward, condition, sampler, [sample_generator(self.settings.seed, 0, device)], self.lll)
+        picture = render_preview(
+            condition_image(image, lesion)[0, 0].float().cpu().numpy(),
+            sample[0, 0].float().cpu().numpy(),
+            case.image,
+            case.lesion,
+            title=f"step {step}  case {case.name}",
+        )
+        return save_preview(self.out / f"preview_{step:07d}.png", picture)
+
+    # ------------------------------------------------------------------ loop
+
+    def iteration(self, step: int, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One optimiser step on a batch (image, mask: (B, 1, X, Y, Z)); returns the loss."""
+        settings, device = self.settings, self.device
+        image = image.to(device, non_blocking=True)
+        mask = mask.to(device, non_blocking=True)
+        generator = torch.Generator(device=device)
+        generator.manual_seed(stream_seed(settings.seed, step, self.context.rank, STREAM_NOISE))
+        t = torch.randint(0, self.config.diffusion.timesteps, (image.shape[0],), generator=generator, device=device)
+        with torch.no_grad():
+            target = image_to_wavelet(image, self.lll)
+            condition = make_condition(image, mask, self.lll)
+            noise = torch.randn(target.shape, generator=generator, device=device)
+            noisy = self.schedule.q_sample(target, t, noise)
+        # Dropout draws from the global stream, reseeded per iteration for exact resumes.
+        torch.manual_seed(stream_seed(settings.seed, step, self.context.rank, STREAM_DROPOUT))
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+            prediction = self.model(torch.cat([noisy, condition], dim=1), t)
+        loss = x0_loss(prediction, target)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if settings.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), settings.grad_clip)
+        self.optimizer.step()
+        self.ema.update()
+        return loss.detach().float()
+
+    def run(self) -> TrainResult:
+        options, settings, context = self.options, self.settings, self.context
+        start, total = self.start_step, options.iterations
+        if start >= total:
+            self.say(f"The run in {self.out} is already at iteration {start} of {total}; nothing to do")
+            return TrainResult(self.out, start, start, len(self.names), self.skipped, latest=self.out / LATEST_NAME)
+        loader = DataLoader(
+            self.items,
+            batch_sampler=StepBatches(start, total, settings.batch_size, context.rank, context.world_size),
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            # An explicit generator keeps the loader from drawing on the global random stream.
+            generator=torch.Generator().manual_seed(settings.seed),
+        )
+        self.say(
+            f"Training {settings.preset} ({settings.condition} masks) on {len(self.names)} cases, "
+            f"{context.world_size} process(es) x batch {settings.batch_size}, from iteration {start} "
+            f"to {total} on {self.device}"
+        )
+        self.reporter.begin()
+        self.run_started = time.perf_counter()
+        step, interrupted = start, False
+        self.network.train()
+        with stop_requests() as stop:
+            for image, mask in loader:
+                loss = self.iteration(step, image, mask)
+                step += 1
+                flag = torch.tensor(float(stop["stop"]), device=self.device)
+                totals = context.sum(torch.stack([loss, flag]))
+                mean_loss = float(totals[0]) / context.world_size
+                interrupted = float(totals[1]) > 0  # any process asked: all stop at the same step
+                if not math.isfinite(mean_loss):
+                    raise PowdrError(
+                        f"the loss became {mean_loss} at iteration {step}; lower --lr or --grad-clip and "
+                        "resume from the last checkpoint"
+                    )
+                if self.main:
+                    self.log.add(step, mean_loss, self.optimizer.param_groups[0]["lr"], self.elapsed())
+                    self.reporter.step(step, mean_loss)
+                    if step % options.save_every == 0 or step == total or interrupted:
+                        self.save(step)
+                    if self.preview_net is not None and step % options.preview_every == 0:
+                        self.preview(step)
+                if interrupted:
+                    break
+        seconds = time.perf_counter() - self.run_started
+        self.reporter.close()
+        if self.log is not None:
+            self.log.flush()
+        result = TrainResult(
+            out=self.out,
+            start_step=start,
+            final_step=step,
+            cases=len(self.names),
+            skipped=self.skipped,
+            seconds=seconds,
+            iterations_per_second=(step - start) / seconds if seconds > 0 else 0.0,
+            peak_memory_gib=(
+                torch.cuda.max_memory_allocated(self.device) / 2**30
+                if self.device.type == "cuda" else peak_rss_gib()
+            ),
+            latest=self.out / LATEST_NAME,
+            interrupted=interrupted,
+        )
+        if interrupted:
+            self.say(f"Stopped at iteration {step}; {LATEST_NAME} is saved, continue with --resume")
+            raise KeyboardInterrupt
+        self.say(
+            f"Done: iteration {step}, {result.iterations_per_second:.2f} it/s, "
+            f"peak memory {result.peak_memory_gib:.2f} GiB; checkpoint {self.out / LATEST_NAME}"
+        )
+        return result
+
+
+def train(options: TrainOptions) -> TrainResult:
+    """Run (or continue) a training run; see the module docstring."""
+    options.validate()
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    out = Path(options.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise PowdrError(f"--out {out} exists and is not a folder")
+    latest = out / LATEST_NAME
+    stored_state: dict[str, Any] | None = None
+    payload: dict[str, Any] | None = None
+    if options.resume:
+        if not latest.is_file():
+            raise PowdrError(f"--resume was given but {latest} does not exist")
+        _, payload = read_checkpoint(latest)
+        stored_state = payload.get("training_state")
+        if not isinstance(stored_state, dict) or stored_state.get("version") != STATE_VERSION:
+            raise PowdrError(f"{latest} holds no training state this version can resume")
+    elif latest.exists():
+        raise PowdrError(
+            f"{out} already holds a training run ({LATEST_NAME}); pass --resume to continue it "
+            "or choose another --out folder"
+        )
+    settings = resolve_settings(options, stored_state["settings"] if stored_state else None)
+    data = options.data or (stored_state or {}).get("data_source")
+    if not data:
+        raise PowdrError("--data is required: a folder of cases in BraTS layout or a CSV with image,mask columns")
+
+    context = setup(options.device)
+    try:
+        return Trainer(options, settings, data, out, payload, context).run()
+    finally:
+        context.close()
