@@ -24,6 +24,7 @@ from .errors import PowdrError
 from .preprocess import (
     Prepared,
     blend_weights,
+    dilate_lesion,
     lesion_on_image_grid,
     parse_labels,
     prepare,
@@ -137,6 +138,10 @@ def load_case(image_path: str | Path, mask_path: str | Path, model: LoadedModel,
     image = load_volume(image_path, "image")
     mask = load_volume(mask_path, "mask")
     lesion = lesion_on_image_grid(mask, image, label_tuple)
+    if model.config.training.dilate:
+        # Models trained on dilated masks (the knee preset) see the same margin at sampling time.
+        radius_mm = model.config.training.dilate * max(model.config.grid.spacing)
+        lesion = dilate_lesion(lesion, image.spacing, radius_mm)
     prepared = prepare(image, lesion, model.config)
     return CaseInputs(model=model, prepared=prepared, stem=stem_of(image_path), labels=label_tuple)
 

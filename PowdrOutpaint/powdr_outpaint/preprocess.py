@@ -90,6 +90,14 @@ def lesion_on_image_grid(mask: Volume, image: Volume, labels: tuple[int, ...] | 
     return resampled
 
 
+def dilate_lesion(lesion: np.ndarray, spacing: np.ndarray, radius_mm: float) -> np.ndarray:
+    """Grow a mask by a ball of ``radius_mm`` (physical distance, so anisotropic voxels are fine)."""
+    if radius_mm <= 0:
+        return lesion
+    distance = ndimage.distance_transform_edt(~lesion, sampling=spacing)
+    return distance <= radius_mm + 1e-6
+
+
 @dataclass
 class Prepared:
     """An image and lesion on the model grid, with what is needed to map outputs back.

@@ -81,6 +81,20 @@ PRESETS: dict[str, Preset] = {
         grid=GridConfig(shape=(96, 96, 64), spacing=(2.4, 2.4, 2.4)),
         training=TrainingDefaults(learning_rate=2e-4, batch_size=2, ema_decay=0.995),
     ),
+    "demo": Preset(
+        name="demo",
+        description="The bundled demonstration network: base 32, 3 levels, 64x64x48 at 3.6 mm (CPU-sized).",
+        network=NetworkConfig(
+            base_channels=32,
+            channel_mult=(1, 2, 2),
+            num_res_blocks=1,
+            attention_levels=(2,),
+            head_channels=32,
+            norm_groups=8,
+        ),
+        grid=GridConfig(shape=(64, 64, 48), spacing=(3.6, 3.6, 3.6)),
+        training=TrainingDefaults(learning_rate=5e-4, batch_size=2, ema_decay=0.998),
+    ),
     "tiny": Preset(
         name="tiny",
         description="A test-sized network: base 16, 3 levels, 48x48x32 at 4.8 mm.",

@@ -140,3 +140,14 @@ def test_nrrd_and_nifti_give_the_same_geometry(case, tmp_path, brats_case):
     loaded = load_volume(path)
     np.testing.assert_allclose(loaded.affine, image.affine, atol=1e-6)
     assert np.array_equal(loaded.data, image.data)
+
+
+def test_dilation_grows_the_lesion_by_a_physical_radius():
+    from powdr_outpaint.preprocess import dilate_lesion
+
+    lesion = np.zeros((21, 21, 21), bool)
+    lesion[10, 10, 10] = True
+    grown = dilate_lesion(lesion, np.array([1.0, 1.0, 2.0]), 4.0)
+    assert grown[10, 10, 10] and grown[14, 10, 10] and not grown[15, 10, 10]
+    assert grown[10, 10, 12] and not grown[10, 10, 13]  # 2 mm voxels along the last axis
+    assert np.array_equal(dilate_lesion(lesion, np.ones(3), 0), lesion)

@@ -186,3 +186,20 @@ def test_bad_input_gives_one_clear_error_and_writes_nothing(problem, brats_case,
     assert "Traceback" not in result.stderr
     assert [line for line in result.stderr.splitlines() if "error:" in line] == [result.stderr.strip().splitlines()[-1]]
     assert not out.exists()
+
+
+def test_checkpoint_trained_on_dilated_masks_dilates_at_sampling(brats_case, tmp_path):
+    from dataclasses import replace
+
+    from powdr_outpaint.checkpoint import initial_checkpoint, read_checkpoint, save_checkpoint, with_training
+
+    config, payload = read_checkpoint(initial_checkpoint(tmp_path / "plain.pt", "tiny"))
+    dilated = save_checkpoint(tmp_path / "dilated.pt", with_training(config, dilate=1), payload["weights"])
+    result = run_sample(brats_case["image"], brats_case["mask"], dilated, tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    seg = np.asanyarray(nib.load(str(brats_case["mask"])).dataobj) > 0
+    used = load(next((tmp_path / "out").glob("*_outpaint_lesion.nii.gz")))[0] > 0
+    assert used[seg].all() and used.sum() > seg.sum()
+    original, _ = load(brats_case["image"])
+    sample, _ = load(next((tmp_path / "out").glob("*_outpaint_s00.nii.gz")))
+    assert np.array_equal(sample[used], original[used])
