@@ -64,9 +64,12 @@ class Schedule:
         # Posterior q(x_{t-1} | x_t, x_0) = N(coef_x0 * x_0 + coef_xt * x_t, posterior_variance).
         self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         # The variance at t = 0 is 0; the log uses the next value so it stays finite.
-        self.posterior_log_variance = np.log(
-            np.append(self.posterior_variance[1], self.posterior_variance[1:])
-        )
+        if self.num_steps > 1:
+            self.posterior_log_variance = np.log(
+                np.append(self.posterior_variance[1], self.posterior_variance[1:])
+            )
+        else:  # a one-step chain never adds noise; keep the value finite all the same
+            self.posterior_log_variance = np.log(betas)
         self.posterior_mean_coef_x0 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef_xt = (
             (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)

@@ -113,3 +113,11 @@ def test_last_step_returns_the_prediction(schedule):
 def test_unknown_sampler_is_refused(schedule):
     with pytest.raises(ValueError, match="unknown sampler"):
         Sampler(schedule, "euler", 10)
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "ddim"])
+def test_a_single_step_sampler_returns_the_prediction(schedule, kind):
+    sampler = Sampler(schedule, kind, 1)
+    assert sampler.indices() == [0] and sampler.model_timestep(0) == 999
+    x0 = torch.randn(1, 8, 2, 2, 2, dtype=torch.float64)
+    torch.testing.assert_close(sampler.step(torch.randn_like(x0), 0, x0, None), x0)

@@ -1,0 +1,94 @@
+"""``powdr-outpaint generate``: outpaint many cases in one resumable run (torchrun-aware)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import PowdrError
+from .generate import DEFAULT_MASK_GLOBS, discover_cases, distributed_env, run_generate
+from .outpaint import PRESERVE_MODES, OutpaintOptions
+from .samplers import SAMPLERS
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "generate",
+        help="outpaint many cases in one run (resumable; split over GPUs under torchrun)",
+        description=(
+            "Outpaint every case of a CSV file (columns image,mask[,case]) or of a folder with one "
+            "subfolder per case, into OUT/CASE/. Cases whose STEM_outpaint.json exists are skipped, "
+            "so an interrupted run continues where it stopped. Under torchrun the cases are split "
+            "over the processes."
+        ),
+    )
+    parser.add_argument("--cases", required=True, help="a CSV file (image,mask[,case]) or a folder of case folders")
+    parser.add_argument("--checkpoint", required=True, help="model checkpoint (.pt)")
+    parser.add_argument("--per-case", type=int, default=3, help="samples per case (default 3)")
+    parser.add_argument("--out", required=True, help="output folder (one subfolder per case)")
+    parser.add_argument("--image-glob", default="*",
+                        help="in a case folder, the image's file pattern, e.g. '*_t1.nii.gz' "
+                             "(default: the one non-mask file)")
+    parser.add_argument("--mask-glob", action="append", default=None,
+                        help="in a case folder, the mask's file pattern "
+                             f"(repeatable; default {' '.join(DEFAULT_MASK_GLOBS)})")
+    parser.add_argument("--steps", type=int, default=100, help="denoising steps K (default 100)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="combined with each case's name (default 0)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (under torchrun: the local rank's GPU)")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--labels", default=None, help="lesion labels kept, e.g. 1,2,4 (default: all > 0)")
+    parser.add_argument("--preserve", choices=PRESERVE_MODES, default="exact")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    parser.add_argument("--progress", choices=("text", "json", "none"), default="text",
+                        help="text: one bar for the whole run; json: one JSON object per line")
+    parser.set_defaults(func=_run)
+
+
+def _device(requested: str, world: int, local_rank: int) -> str:
+    # Under torchrun every process takes the GPU of its local rank.
+    if world > 1 and requested in ("auto", "cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda:{local_rank % torch.cuda.device_count()}"
+    return requested
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.per_case < 1:
+        raise PowdrError("--per-case must be at least 1")
+    rank, world, local_rank = distributed_env()
+    cases = discover_cases(args.cases, args.image_glob, tuple(args.mask_glob or DEFAULT_MASK_GLOBS))
+    options = OutpaintOptions(
+        samples=args.per_case,
+        steps=args.steps,
+        sampler=args.sampler,
+        eta=args.eta,
+        seed=args.seed,
+        device=_device(args.device, world, local_rank),
+        batch_size=args.batch_size,
+        labels=args.labels,
+        preserve=args.preserve,
+        precision=args.precision,
+    )
+    summary = run_generate(cases, args.checkpoint, args.out, options, args.progress, rank, world)
+    prefix = f"[rank {rank}/{world}] " if world > 1 else ""
+    if args.progress == "json":
+        print(json.dumps({
+            "event": "done", "rank": rank, "world": world, "generated": summary.generated,
+            "skipped": summary.skipped, "failed": summary.failed, "seconds": round(summary.seconds, 2),
+        }), flush=True)
+    elif args.progress == "text":
+        print(
+            f"{prefix}{len(summary.generated)} generated, {len(summary.skipped)} skipped (already complete), "
+            f"{len(summary.failed)} failed of {summary.assigned} cases in {summary.seconds:.1f} s; "
+            f"outputs in {args.out}",
+            file=sys.stderr, flush=True,
+        )
+    if summary.failed:
+        listed = "; ".join(f"{name}: {message}" for name, message in summary.failed.items())
+        raise PowdrError(f"{len(summary.failed)} of {summary.assigned} cases failed ({listed})")
+    return 0

@@ -1,0 +1,259 @@
+"""The QA report: one PNG a person looks at first.
+
+Six columns (condition, original, sample 1, sample 2, mean, std) by three rows (axial,
+coronal and sagittal planes through the lesion's centre of mass). Volumes are shown
+in RAS orientation, neurological convention (patient right on the right of axial
+and coronal views; anterior on the right of sagittal views), with the voxel spacing
+as aspect ratio. Every panel draws the lesion outline; the std map uses the Inferno
+colour map with its own colour bar; titles carry the key numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+PLANES = ("axial", "coronal", "sagittal")
+PANELS = ("Condition", "Original", "Sample 1", "Sample 2", "Mean", "Std")
+OUTLINE_COLOUR = "#00e5ff"
+
+
+def _to_ras(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Reorder and flip array axes so that they run along R, A and S."""
+    import nibabel as nib
+
+    current = nib.orientations.io_orientation(affine)
+    target = nib.orientations.axcodes2ornt(("R", "A", "S"))
+    return nib.orientations.apply_orientation(volume, nib.orientations.ornt_transform(current, target))
+
+
+def _ras_spacing(affine: np.ndarray) -> np.ndarray:
+    import nibabel as nib
+
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    order = nib.orientations.io_orientation(affine)[:, 0].astype(int)
+    ras = np.empty(3)
+    ras[order] = spacing
+    return ras
+
+
+def lesion_centre(lesion: np.ndarray) -> tuple[int, int, int]:
+    """Voxel index of the lesion's centre of mass (rounded), or the volume centre if empty."""
+    if not lesion.any():
+        return tuple(int(s // 2) for s in lesion.shape)
+    centre = np.argwhere(lesion).mean(axis=0)
+    return tuple(int(round(c)) for c in centre)
+
+
+def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """Slices of the box around ``mask`` grown by ``margin`` voxels (the whole volume if empty)."""
+    if not mask.any():
+        return tuple(slice(0, s) for s in mask.shape)
+    index = np.argwhere(mask)
+    low = np.maximum(index.min(axis=0) - margin, 0)
+    high = np.minimum(index.max(axis=0) + margin + 1, mask.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+
+
+def _plane(volume: np.ndarray, plane: str, centre: Sequence[int]) -> np.ndarray:
+    """A 2-D slice, rows running upwards (use origin='lower')."""
+    i, j, k = centre
+    if plane == "axial":
+        return volume[:, :, k].T
+    if plane == "coronal":
+        return volume[:, j, :].T
+    return volume[i, :, :].T
+
+
+def _aspect(spacing: np.ndarray, plane: str) -> float:
+    horizontal, vertical = {"axial": (0, 1), "coronal": (0, 2), "sagittal": (1, 2)}[plane]
+    return float(spacing[vertical] / spacing[horizontal])
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    value = float(value)
+    if np.isnan(value):
+        return "n/a"
+    if np.isinf(value):
+        return "inf"
+    return f"{value:.{digits}g}" if abs(value) >= 1000 else f"{value:.{digits}f}"
+
+
+def _titles(metrics: dict[str, Any], sample_names: Sequence[str]) -> list[str]:
+    per_sample = metrics.get("per_sample", [])
+    lesion = metrics.get("lesion", {})
+    diversity = metrics.get("diversity", {})
+    std = metrics.get("std_map", {})
+    titles = [
+        f"Condition\nlesion {lesion.get('voxels', 0):,} voxels",
+        "Original",
+    ]
+    for index in range(2):
+        if index < len(per_sample):
+            entry = per_sample[index]
+            titles.append(
+                f"{sample_names[index] if index < len(sample_names) else f'Sample {index + 1}'}\n"
+                f"SSIM out {_fmt(entry['ssim']['outside'])} · MS-SSIM out {_fmt(entry['ms_ssim']['outside'])}\n"
+                f"max|Δ| in lesion {_fmt(entry['max_abs_diff_lesion'], 4)}"
+            )
+        else:
+            titles.append(f"Sample {index + 1}\n(not available)")
+    cosine = diversity.get("cosine", {})
+    kl = diversity.get("kl", {})
+    titles.append(
+        f"Mean of {metrics.get('samples', '?')}\n"
+        f"cosine {_fmt(cosine.get('mean'), 4)} ± {_fmt(cosine.get('std'), 4)} · KL {_fmt(kl.get('mean'), 4)}"
+    )
+    titles.append(
+        "Std (intensity units)\n"
+        f"mean in {_fmt(std.get('inside', {}).get('mean'))} · out {_fmt(std.get('outside', {}).get('mean'))}"
+    )
+    return titles
+
+
+def write_report(
+    path: str | os.PathLike,
+    original: np.ndarray,
+    lesion: np.ndarray,
+    samples: Sequence[np.ndarray],
+    mean: np.ndarray,
+    std: np.ndarray,
+    affine: np.ndarray,
+    metrics: dict[str, Any],
+    title: str = "",
+    sample_names: Sequence[str] = ("Sample 1", "Sample 2"),
+    dpi: int = 110,
+) -> dict[str, Any]:
+    """Draw the QA figure and write it to ``path`` (PNG, written atomically).
+
+    Args:
+        original, mean, std: (X, Y, Z) volumes on one grid, intensity units.
+        lesion: (X, Y, Z) bool, the kept lesion.
+        samples: one or more sample volumes; the first two are shown.
+        affine: voxel -> RAS (4, 4) of that grid, for orientation and aspect.
+        metrics: the evaluation dictionary (see ``evaluate_cli.evaluate``); its numbers
+            go into the titles.
+    Returns:
+        {"path", "panels" (the six column titles' first lines), "planes", "centre_voxel"}.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    background = float(original.min())
+    condition = np.where(lesion, original, background)
+    columns = [condition, original]
+    columns += [samples[i] if i < len(samples) else None for i in range(2)]
+    columns += [mean, std]
+    ras = [None if c is None else _to_ras(np.asarray(c), affine) for c in columns]
+    lesion_ras = _to_ras(lesion.astype(np.uint8), affine) > 0
+    # Crop every panel to the head (the original's foreground and the lesion) so the
+    # anatomy fills the panels; the empty field of view around it says nothing.
+    box = _bounding_box(_to_ras(original > background, affine) | lesion_ras, margin=6)
+    ras = [None if v is None else v[box] for v in ras]
+    lesion_ras = lesion_ras[box]
+    spacing = _ras_spacing(affine)
+    centre = lesion_centre(lesion_ras)
+
+    # One grey window for every image column, from the original's foreground, so
+    # differences between samples are not hidden by per-panel scaling.
+    foreground = original[original > background]
+    if foreground.size:
+        low, high = (float(v) for v in np.percentile(foreground, [0.5, 99.5]))
+    else:
+        low, high = background, float(original.max())
+    low = min(low, background)
+    if not high > low:
+        high = low + 1.0
+    std_high = float(np.percentile(std[std > 0], 99.5)) if np.any(std > 0) else 1.0
+
+    titles = _titles(metrics, sample_names)
+    extent_mm = np.asarray(lesion_ras.shape) * spacing
+    heights = [extent_mm[1], extent_mm[2], extent_mm[2]]  # axial, coronal, sagittal rows
+    widths = [extent_mm[0]] * len(PANELS)
+    panel_width = 2.6
+    fig_height = panel_width * sum(heights) / max(widths[0], extent_mm[1]) + 1.6
+    fig, axes = plt.subplots(
+        len(PLANES), len(PANELS), figsize=(panel_width * len(PANELS) + 1.4, fig_height),
+        facecolor="black", squeeze=False, layout="constrained",
+        gridspec_kw={"height_ratios": heights},
+    )
+    std_image = None
+    for column, (volume, column_title) in enumerate(zip(ras, titles)):
+        for row, plane in enumerate(PLANES):
+            ax = axes[row, column]
+            ax.set_facecolor("black")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_color("#3a3a3a")
+            if row == 0:
+                ax.set_title(column_title, color="white", fontsize=8.5)
+            if column == 0:
+                ax.set_ylabel(plane, color="white", fontsize=10)
+            if volume is None:
+                ax.text(0.5, 0.5, "no sample", color="grey", ha="center", va="center", transform=ax.transAxes)
+                continue
+            is_std = column == len(PANELS) - 1
+            image = ax.imshow(
+                _plane(volume, plane, centre),
+                cmap="inferno" if is_std else "gray",
+                vmin=0.0 if is_std else low,
+                vmax=std_high if is_std else high,
+                origin="lower",
+                aspect=_aspect(spacing, plane),
+                interpolation="nearest",
+            )
+            if is_std:
+                std_image = image
+            outline = _plane(lesion_ras, plane, centre)
+            if outline.any():
+                ax.contour(outline.astype(np.float32), levels=[0.5], colors=OUTLINE_COLOUR, linewidths=0.7)
+    if std_image is not None:
+        bar = fig.colorbar(std_image, ax=axes[:, -1].tolist(), fraction=0.08, pad=0.01, shrink=0.8)
+        bar.set_label("voxel-wise std (intensity units)", color="white")
+        bar.ax.yaxis.set_tick_params(color="white")
+        plt.setp(bar.ax.get_yticklabels(), color="white")
+    if title:
+        fig.suptitle(title, color="white", fontsize=11)
+    fig.supxlabel(
+        "Planes through the lesion centre, RAS, neurological view (patient right on the right). "
+        f"Cyan: lesion outline. Grey window {low:.4g}..{high:.4g} (all grey panels).",
+        color="#bbbbbb", fontsize=8,
+    )
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part.png", dir=path.parent)
+    os.close(handle)
+    try:
+        # The PNG's text chunks name the layout, so programs can check it without a viewer.
+        metadata = {
+            "Title": title or "PowdrOutpaint QA report",
+            "Description": "panels: " + " | ".join(PANELS) + "; planes: " + " | ".join(PLANES),
+            "Software": "powdr-outpaint evaluate",
+        }
+        fig.savefig(temporary, dpi=dpi, facecolor=fig.get_facecolor(), metadata=metadata)
+        # mkstemp makes private files; the report gets the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+    return {
+        "path": str(path),
+        "panels": [t.split("\n")[0] for t in titles],
+        "planes": list(PLANES),
+        "centre_voxel_ras": list(centre),
+    }
