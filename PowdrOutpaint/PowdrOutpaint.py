@@ -30,6 +30,7 @@ from PowdrOutpaintLib import (
     PowdrOutpaintError,
     PowdrOutpaintLogic,
     PowdrOutpaintResult,
+    defaultCheckpointPath,
 )
 from PowdrOutpaintLib import dependencies
 
@@ -206,7 +207,9 @@ class PowdrOutpaintWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if segmentationNode:
                 parameterNode.lesionNode = segmentationNode
         if not parameterNode.checkpointPath:
-            parameterNode.checkpointPath = str(qt.QSettings().value(SETTINGS_CHECKPOINT, "") or "")
+            saved = str(qt.QSettings().value(SETTINGS_CHECKPOINT, "") or "")
+            # A first run needs no file choice: the bundled demo model is the default.
+            parameterNode.checkpointPath = saved if os.path.isfile(saved) else defaultCheckpointPath()
         if not parameterNode.exportDirectory:
             parameterNode.exportDirectory = str(qt.QSettings().value(SETTINGS_EXPORT_DIRECTORY, "") or "")
 

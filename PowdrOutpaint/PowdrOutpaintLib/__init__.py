@@ -9,6 +9,7 @@ from .logic import (
     PowdrOutpaintJob,
     PowdrOutpaintLogic,
     PowdrOutpaintResult,
+    defaultCheckpointPath,
 )
 from .process import WorkerProcess, killProcessTree
 
@@ -23,4 +24,5 @@ __all__ = [
     "SAMPLERS",
     "DEVICES",
     "PRESERVE_MODES",
+    "defaultCheckpointPath",
 ]

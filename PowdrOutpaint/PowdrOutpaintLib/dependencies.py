@@ -56,6 +56,8 @@ ENGINE_REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("PyWavelets", ">=1.4", "pywt"),
     Requirement("scikit-image", ">=0.21", "skimage"),
     Requirement("tqdm", ">=4.60", "tqdm"),
+    Requirement("pillow", ">=9", "PIL"),
+    Requirement("matplotlib", ">=3.7", "matplotlib"),
 )
 
 # Needed by the module itself (whole-process-tree cancel); optional, there is a fallback.

@@ -52,6 +52,19 @@ __all__ = [
 
 #: Folder of the module (holds PowdrOutpaint.py, PowdrOutpaintLib/ and the engine powdr_outpaint/)
 MODULE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_CHECKPOINT_NAME = "powdr_demo_brain_t1.pt"
+
+
+def defaultCheckpointPath() -> str:
+    """The bundled demo model: in the module's Resources when built, the repository's when run from source."""
+    candidates = [
+        os.path.join(MODULE_DIR, "Resources", "Models", DEMO_CHECKPOINT_NAME),
+        os.path.join(os.path.dirname(MODULE_DIR), "Resources", "Models", DEMO_CHECKPOINT_NAME),
+    ]
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return candidate
+    return ""
 ENGINE_PACKAGE = "powdr_outpaint"
 
 SAMPLERS = ("ddpm", "ddim")
@@ -685,7 +698,7 @@ class PowdrOutpaintLogic:
         :param inputVolume: the MRI (vtkMRMLScalarVolumeNode); never modified.
         :param lesionNode: vtkMRMLSegmentationNode (its visible segments, or ``segmentIds``) or
             vtkMRMLLabelMapVolumeNode (all labels > 0, or ``labels`` such as ``"1,2,4"``).
-        :param checkpointPath: the model checkpoint (.pt).
+        :param checkpointPath: the model checkpoint (.pt); None or "" uses the bundled demo model.
         :param waitForCompletion: True: block and return a :class:`PowdrOutpaintResult` (raises
             :class:`PowdrOutpaintError` on failure). False: return a :class:`PowdrOutpaintJob` at once;
             call its ``poll()`` regularly (or ``wait()``), ``cancel()`` to stop it.
@@ -696,7 +709,7 @@ class PowdrOutpaintLogic:
         if self.currentJob is not None and not self.currentJob.finished:
             raise PowdrOutpaintError("A run is already in progress: wait for it or cancel it first.")
         self._validateVolume(inputVolume)
-        checkpointPath = os.fspath(checkpointPath) if checkpointPath else ""
+        checkpointPath = os.fspath(checkpointPath) if checkpointPath else defaultCheckpointPath()
         if not checkpointPath or not os.path.isfile(checkpointPath):
             raise PowdrOutpaintError(f"The checkpoint file {checkpointPath or '(none)'} does not exist.")
         numberOfSamples, numberOfSteps, batchSize, seed = (int(numberOfSamples), int(numberOfSteps),

@@ -24,6 +24,7 @@ SUBCOMMAND_MODULES = (
     "evaluate_cli",
     "generate_cli",
     "export_cli",
+    "demo",
 )
 
 
