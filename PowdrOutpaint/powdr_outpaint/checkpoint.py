@@ -18,18 +18,17 @@ import hashlib
 import json
 import os
 import pickle
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .atomic import atomic_target
 from .diffusion import DiffusionConfig
 from .errors import CheckpointError
 from .network import NetworkConfig, OutpaintUNet
 from .presets import GridConfig, get_preset
-from .volume_io import _FILE_MODE
 
 FORMAT = "powdr-outpaint-checkpoint"
 FORMAT_VERSION = 1
@@ -250,18 +249,9 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
 
 def atomic_torch_save(payload: dict[str, Any], path: str | os.PathLike) -> Path:
     """torch.save to a temporary file in the destination folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_target(path) as temporary:
         torch.save(payload, temporary)
-        os.chmod(temporary, _FILE_MODE)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def save_checkpoint(

@@ -20,7 +20,6 @@ import csv
 import hashlib
 import json
 import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Callable, Iterable
 import numpy as np
 from scipy import ndimage
 
+from .atomic import atomic_target
 from .checkpoint import ModelConfig, file_sha256
 from .errors import PowdrError
 from .masks import dilate, foreground_depth, largest_component
@@ -231,14 +231,9 @@ def prepare_case(files: CaseFiles, settings: PrepareSettings) -> PreparedCase:
 
 
 def _atomic_write(path: Path, write: Callable[[object], None]) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
+    with atomic_target(path) as temporary:
+        with open(temporary, "wb") as stream:
             write(stream)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 class CaseCache:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import shutil
 import time
@@ -81,7 +80,7 @@ def run_demo(
     progress: Progress | None = None,
 ) -> dict[str, object]:
     """Run the whole demo; returns paths and timings."""
-    from .evaluate_cli import _write_json, evaluate
+    from .evaluate_cli import evaluate, write_metrics_json
 
     progress = progress or Progress("text")
     started = time.perf_counter()
@@ -95,7 +94,7 @@ def run_demo(
     report_path = out_dir / "qa_report.png"
     metrics = evaluate(image_path, mask_path, out_dir / "samples", report_path=report_path)
     metrics_path = out_dir / "qa_metrics.json"
-    _write_json(metrics_path, metrics)
+    write_metrics_json(metrics_path, metrics)
     total = time.perf_counter() - started
     return {
         "report": str(report_path),

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import metrics as m
+from .atomic import write_json_atomic
 from .errors import PowdrError
 from .preprocess import lesion_on_image_grid, parse_labels
 from .progress import Progress
+from .report import format_number
 from .volume_io import Volume, load_volume, stem_of
 
 SAMPLE_PATTERN = re.compile(r"^(?P<stem>.+)_outpaint_s(?P<index>\d+)\.nii(\.gz)?$")
@@ -225,14 +225,7 @@ def _short(path: str | Path) -> str:
 
 
 def _num(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "n/a"
-    value = float(value)
-    if np.isnan(value):
-        return "n/a"
-    if np.isinf(value):
-        return "inf"
-    return f"{value:.{digits}f}" if abs(value) < 1000 else f"{value:.4g}"
+    return format_number(value, digits)
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -285,19 +278,9 @@ def strict_json(value: Any) -> Any:
     return value
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(strict_json(payload), stream, indent=2, allow_nan=False)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def write_metrics_json(path: Path, payload: dict[str, Any]) -> None:
+    """The metrics as strict JSON (NaN and infinity become null), written atomically."""
+    write_json_atomic(path, strict_json(payload), allow_nan=False)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -334,7 +317,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.json == "-":
         print(json.dumps(strict_json(result), allow_nan=False), flush=True)
     elif args.json:
-        _write_json(Path(args.json), result)
+        write_metrics_json(Path(args.json), result)
     if args.progress == "json":
         progress.done({"json": args.json, "report": args.report})
     return 0

@@ -27,13 +27,13 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
+from .atomic import atomic_target, write_json_atomic
 from .errors import PowdrError
 from .evaluate_cli import SAMPLE_PATTERN
 from .generate import label_file, original_label_map, safe_name
@@ -58,12 +58,6 @@ class Run:
     @property
     def label_path(self) -> Path:
         return label_file(self.folder, self.stem)
-
-
-def _umask_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def find_runs(from_dir: str | os.PathLike) -> list[Run]:
@@ -163,27 +157,12 @@ def parse_label_names(text: str | None) -> dict[int, str]:
 
 
 def _copy_atomic(source: Path, destination: Path) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
-    os.close(handle)
-    try:
+    with atomic_target(destination) as temporary:
         shutil.copyfile(source, temporary)
-        os.chmod(temporary, _umask_mode())
-        os.replace(temporary, destination)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=2)
-        os.chmod(temporary, _umask_mode())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_json_atomic(path, payload)
 
 
 def dataset_folder(out_root: str | os.PathLike, dataset_id: int, name: str) -> Path:

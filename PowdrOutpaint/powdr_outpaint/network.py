@@ -9,7 +9,7 @@ Every spatial size must be divisible by 2 ** (levels - 1).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F

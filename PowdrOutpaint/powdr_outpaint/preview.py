@@ -9,13 +9,12 @@ so every slice is shown with anterior or superior at the top.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .volume_io import _FILE_MODE
+from .atomic import atomic_target
 
 ROWS = ("condition", "sample", "original")
 COLUMNS = ("axial", "coronal", "sagittal")
@@ -93,14 +92,6 @@ def render_preview(
 def save_preview(path: str | os.PathLike, image: Image.Image) -> Path:
     """Write a PNG atomically (temporary file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_target(path, suffix=".part.png") as temporary:
         image.save(temporary, format="PNG")
-        os.chmod(temporary, _FILE_MODE)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     return path

@@ -11,11 +11,12 @@ colour map with its own colour bar; titles carry the key numbers.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from .atomic import atomic_target
 
 PLANES = ("axial", "coronal", "sagittal")
 PANELS = ("Condition", "Original", "Sample 1", "Sample 2", "Mean", "Std")
@@ -74,7 +75,8 @@ def _aspect(spacing: np.ndarray, plane: str) -> float:
     return float(spacing[vertical] / spacing[horizontal])
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
+def format_number(value: Any, digits: int = 3) -> str:
+    """A metric for a title or table: fixed digits, n/a for missing, compact when large."""
     if value is None:
         return "n/a"
     value = float(value)
@@ -99,8 +101,8 @@ def _titles(metrics: dict[str, Any], sample_names: Sequence[str]) -> list[str]:
             entry = per_sample[index]
             titles.append(
                 f"{sample_names[index] if index < len(sample_names) else f'Sample {index + 1}'}\n"
-                f"SSIM out {_fmt(entry['ssim']['outside'])} · MS-SSIM out {_fmt(entry['ms_ssim']['outside'])}\n"
-                f"max|Δ| in lesion {_fmt(entry['max_abs_diff_lesion'], 4)}"
+                f"SSIM out {format_number(entry['ssim']['outside'])} · MS-SSIM out {format_number(entry['ms_ssim']['outside'])}\n"
+                f"max|Δ| in lesion {format_number(entry['max_abs_diff_lesion'], 4)}"
             )
         else:
             titles.append(f"Sample {index + 1}\n(not available)")
@@ -108,11 +110,11 @@ def _titles(metrics: dict[str, Any], sample_names: Sequence[str]) -> list[str]:
     kl = diversity.get("kl", {})
     titles.append(
         f"Mean of {metrics.get('samples', '?')}\n"
-        f"cosine {_fmt(cosine.get('mean'), 4)} ± {_fmt(cosine.get('std'), 4)} · KL {_fmt(kl.get('mean'), 4)}"
+        f"cosine {format_number(cosine.get('mean'), 4)} ± {format_number(cosine.get('std'), 4)} · KL {format_number(kl.get('mean'), 4)}"
     )
     titles.append(
         "Std (intensity units)\n"
-        f"mean in {_fmt(std.get('inside', {}).get('mean'))} · out {_fmt(std.get('outside', {}).get('mean'))}"
+        f"mean in {format_number(std.get('inside', {}).get('mean'))} · out {format_number(std.get('outside', {}).get('mean'))}"
     )
     return titles
 
@@ -231,8 +233,6 @@ def write_report(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part.png", dir=path.parent)
-    os.close(handle)
     try:
         # The PNG's text chunks name the layout, so programs can check it without a viewer.
         metadata = {
@@ -240,15 +240,8 @@ def write_report(
             "Description": "panels: " + " | ".join(PANELS) + "; planes: " + " | ".join(PLANES),
             "Software": "powdr-outpaint evaluate",
         }
-        fig.savefig(temporary, dpi=dpi, facecolor=fig.get_facecolor(), metadata=metadata)
-        # mkstemp makes private files; the report gets the usual permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        with atomic_target(path, suffix=".part.png") as temporary:
+            fig.savefig(temporary, dpi=dpi, facecolor=fig.get_facecolor(), metadata=metadata)
     finally:
         plt.close(fig)
     return {

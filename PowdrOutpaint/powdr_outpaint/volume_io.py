@@ -8,13 +8,13 @@ formats can be compared and written back unchanged.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from .atomic import atomic_target
 from .errors import PowdrError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -22,14 +22,7 @@ NRRD_SUFFIXES = (".nrrd", ".nhdr")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
-def _file_mode() -> int:
-    # Temporary files are private (0600); finished outputs get the usual permissions.
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
-
-_FILE_MODE = _file_mode()
 
 
 @dataclass
@@ -121,7 +114,6 @@ def save_nifti(
     its data type and scaling are replaced by those of ``data``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     new_header = header.copy() if header is not None else None
     image = nib.Nifti1Image(data, affine, header=new_header)
     image.set_data_dtype(data.dtype)
@@ -129,13 +121,6 @@ def save_nifti(
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
     suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
-    os.close(handle)
-    try:
-        nib.save(image, temporary)
-        os.chmod(temporary, _FILE_MODE)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_target(path, suffix=f".part{suffix}") as temporary:
+        nib.save(image, str(temporary))
     return path
