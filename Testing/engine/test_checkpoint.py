@@ -119,3 +119,27 @@ def test_weights_that_do_not_fit_the_config_are_refused(tmp_path):
     bad = save_checkpoint(tmp_path / "bad.pt", config, weights)
     with pytest.raises(CheckpointError, match="do not match"):
         load_model(bad)
+
+
+def test_strip_keeps_config_and_sampling_weights_and_drops_training_state(tmp_path):
+    config = ModelConfig.from_preset("tiny")
+    weights = OutpaintUNet(config.network).state_dict()
+    state = {"optimiser": {"m": torch.randn(50_000)}, "step": torch.tensor(7)}
+    training = save_checkpoint(tmp_path / "latest.pt", config, weights, {"training_state": state})
+    result = subprocess.run(
+        [sys.executable, "-m", "powdr_outpaint", "strip", "--checkpoint", str(training),
+         "--out", str(tmp_path / "model.pt")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    stripped_config, payload = read_checkpoint(tmp_path / "model.pt")
+    assert stripped_config == config
+    assert "training_state" not in payload
+    assert all(torch.equal(payload["weights"][k], v) for k, v in weights.items())
+    assert (tmp_path / "model.pt").stat().st_size < training.stat().st_size
+    same = subprocess.run(
+        [sys.executable, "-m", "powdr_outpaint", "strip", "--checkpoint", str(training), "--out", str(training)],
+        capture_output=True, text=True,
+    )
+    assert same.returncode != 0 and "must differ" in same.stderr
+    assert "training_state" in read_checkpoint(training)[1]
