@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
 import sys
 import xml.etree.ElementTree as ElementTree
@@ -201,3 +202,11 @@ def test_missing_requirements_are_detected(monkeypatch):
     asked = []
     assert dependencies.ensureDependencies(askConfirmation=lambda message: asked.append(message) or False) is False
     assert len(asked) == 1 and "torch" in asked[0]
+
+
+def test_default_checkpoint_is_the_bundled_demo_model():
+    from PowdrOutpaintLib import defaultCheckpointPath
+
+    path = defaultCheckpointPath()
+    assert os.path.isfile(path)
+    assert os.path.realpath(path) == os.path.realpath(REPOSITORY / "Resources" / "Models" / "powdr_demo_brain_t1.pt")
