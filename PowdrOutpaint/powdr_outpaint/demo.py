@@ -124,7 +124,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .evaluate_cli import format_table
+
     result = run_demo(args.out, args.samples, args.steps, args.checkpoint, args.device, args.seed)
+    print(format_table(result["metric_summary"]))
     print(f"Demo finished in {result['total_s']:.0f} s ({result['sampling_s']:.0f} s loading and sampling).")
     print(f"  samples, mean, std: {Path(result['samples']['mean']).parent}")
     print(f"  QA metrics:         {result['metrics']}")
