@@ -59,9 +59,24 @@ def test_brats_2018_layout_finds_every_case():
         assert case.image.name == f"{case.name}_t1.nii.gz" and case.mask.name == f"{case.name}_seg.nii.gz"
     # 2023 names of the same sequence find the same files; a missing sequence is listed.
     assert [c.image for c in discover_cases(BRATS, "t1n")[0]] == [c.image for c in cases]
-    none, missing = discover_cases(BRATS, "flair")
-    assert none == [] and len(missing) == len(folders)
-    assert all("no flair image" in s.reason for s in missing)
+    # Every case holds all four sequences: each is found by its own name, never another's
+    # (t1 must not pick up t1ce).
+    for sequence in ("t1ce", "t2", "flair"):
+        found, missing = discover_cases(BRATS, sequence)
+        assert [c.name for c in found] == [f.name for f in folders] and not missing
+        assert all(c.image.name == f"{c.name}_{sequence}.nii.gz" for c in found)
+
+
+def test_a_case_without_the_sequence_is_listed(tmp_path):
+    folders = brats_or_skip()
+    root = tmp_path / "cases"
+    complete = link_case(folders[0], root, f"{folders[0].name}_t1.nii.gz", f"{folders[0].name}_seg.nii.gz")
+    (complete / f"{folders[0].name}_flair.nii.gz").symlink_to(folders[0] / f"{folders[0].name}_flair.nii.gz")
+    link_case(folders[1], root, f"{folders[1].name}_t1.nii.gz", f"{folders[1].name}_seg.nii.gz")
+    cases, skipped = discover_cases(root, "flair")
+    assert [c.name for c in cases] == [folders[0].name]
+    assert [s.name for s in skipped] == [folders[1].name]
+    assert "no flair image" in skipped[0].reason
 
 
 def test_brats_2023_layout_and_incomplete_cases(tmp_path):
