@@ -500,7 +500,7 @@ class PowdrOutpaintTest(ScriptedLoadableModuleTest):
     def _makeTinyCheckpoint(self, logic):
         folder = slicer.util.tempDirectory("PowdrOutpaintTest")
         path = os.path.join(folder, "tiny.pt")
-        completed = logic.runEngineCommand("init-checkpoint", "--preset", "tiny", "--out", path, timeout=600)
+        completed = logic.engine.run("init-checkpoint", "--preset", "tiny", "--out", path, timeout=600)
         self.assertEqual(completed.returncode, 0, completed.stderr)
         return folder, path
 

@@ -1,17 +1,22 @@
-"""PowdrOutpaint module library: logic, worker process and dependency handling (no Qt)."""
+"""PowdrOutpaint module library (no Qt): one module per job.
 
-from .logic import (
-    DEVICES,
-    PRESERVE_MODES,
-    SAMPLERS,
-    OutpaintProgress,
-    PowdrOutpaintError,
-    PowdrOutpaintJob,
-    PowdrOutpaintLogic,
-    PowdrOutpaintResult,
-    defaultCheckpointPath,
-)
+* ``logic`` - :class:`PowdrOutpaintLogic`, what the panel and batch scripts call;
+* ``engine``, ``process``, ``job``, ``progress`` - starting the engine's worker process and
+  following it;
+* ``inputs`` - writing the MRI and the lesion for the worker;
+* ``results`` - bringing the worker's files into the scene;
+* ``display`` - display and layout of the results;
+* ``export`` - writing results to files;
+* ``modelcard`` - reading a checkpoint's model card without torch;
+* ``dependencies`` - checking and installing the Python packages the engine needs.
+"""
+
+from .engine import defaultCheckpointPath
+from .job import PowdrOutpaintJob
+from .logic import DEVICES, PRESERVE_MODES, SAMPLERS, PowdrOutpaintLogic
 from .process import WorkerProcess, killProcessTree
+from .progress import OutpaintProgress, PowdrOutpaintError
+from .results import PowdrOutpaintResult
 
 __all__ = [
     "PowdrOutpaintLogic",

@@ -297,8 +297,8 @@ def test_engine_is_found_without_pythonpath(tinyCheckpoint, monkeypatch):
     """A launcher may rewrite PYTHONPATH: the worker still finds the engine in the module folder."""
     logic = PowdrOutpaintLogic()
     environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    monkeypatch.setattr(logic, "workerEnvironment", lambda: environment)
-    completed = logic.runEngineCommand("info", "--checkpoint", str(tinyCheckpoint), "--json", timeout=300)
+    monkeypatch.setattr(logic.engine, "environment", lambda: environment)
+    completed = logic.engine.run("info", "--checkpoint", str(tinyCheckpoint), "--json", timeout=300)
     assert completed.returncode == 0, completed.stderr
     assert json.loads(completed.stdout.strip().splitlines()[-1])["preset"] == "tiny"
     # Without site-packages (so not from a pip-installed copy) the engine still resolves to the module folder
@@ -327,7 +327,7 @@ def test_worker_crash_gives_a_readable_message(bratsScene, tinyCheckpoint, tmp_p
                           "exit 1\n")
     fakePython.chmod(0o755)
     logic = PowdrOutpaintLogic()
-    logic.pythonExecutable = str(fakePython)
+    logic.engine.pythonExecutable = str(fakePython)
     nodesBefore = bratsScene["core"].nodeIds()
     with pytest.raises(PowdrOutpaintError) as raised:
         run(logic, bratsScene["volume"], bratsScene["labelmap"], tinyCheckpoint)
@@ -339,11 +339,11 @@ def test_worker_crash_gives_a_readable_message(bratsScene, tinyCheckpoint, tmp_p
 
 def test_worker_command_and_environment(core):
     logic = PowdrOutpaintLogic()
-    command = logic.engineCommand("sample", "--samples", 3)
+    command = logic.engine.command("sample", "--samples", 3)
     # Under slicer-core (no slicer.app) the worker runs with this interpreter
     assert command[:4] == [sys.executable, "-m", "powdr_outpaint", "sample"]
     assert command[4:] == ["--samples", "3"]
-    environment = logic.workerEnvironment()
+    environment = logic.engine.environment()
     moduleDir = os.path.dirname(os.path.dirname(os.path.abspath(sys.modules[PowdrOutpaintLogic.__module__].__file__)))
     assert environment["PYTHONPATH"].split(os.pathsep)[0] == moduleDir
     assert os.path.isfile(os.path.join(moduleDir, "powdr_outpaint", "__main__.py"))

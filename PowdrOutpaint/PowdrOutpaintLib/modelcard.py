@@ -1,0 +1,178 @@
+"""The model card of a checkpoint, read in plain Python: no torch, no subprocess, milliseconds.
+
+A checkpoint is a ``torch.save`` zip archive whose ``data.pkl`` holds a dict with
+``"format"``, ``"config"`` (JSON text) and ``"weights"`` (tensors). Only that small pickle is
+read, with an unpickler that builds nothing but plain containers and placeholders for the
+tensors (their shapes): the tensor data is never read and no code in the file can run. This
+is what lets the panel show the card at once, also before PyTorch is installed. The worker
+validates the whole file again when it samples.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+import pickle
+import zipfile
+
+from .progress import PowdrOutpaintError
+
+__all__ = ["readModelCard", "formatModelCard"]
+
+CHECKPOINT_FORMAT = "powdr-outpaint-checkpoint"
+
+
+class _TensorShape:
+    """Stands for a tensor: only its shape is kept."""
+
+    __slots__ = ("shape",)
+
+    def __init__(self, shape):
+        self.shape = tuple(int(size) for size in shape)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+class _Storage:
+    __slots__ = ()
+
+
+def _rebuildTensor(storage, storageOffset, size, stride, *unused):
+    return _TensorShape(size)
+
+
+def _rebuildParameter(data, requiresGrad, backwardHooks, *unused):
+    return data
+
+
+class _CardUnpickler(pickle.Unpickler):
+    """Builds only what a checkpoint legitimately holds; refuses every other global."""
+
+    def find_class(self, module, name):
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuildTensor
+        if (module, name) == ("torch._utils", "_rebuild_parameter"):
+            return _rebuildParameter
+        if module == "torch" and name.endswith("Storage"):
+            return _Storage
+        raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed")
+
+    def persistent_load(self, pid):
+        # ('storage', storage type, key, location, number of elements): the data stays in the archive
+        return _Storage()
+
+
+def _readPayload(path: str) -> dict:
+    name = os.path.basename(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [entry for entry in archive.namelist() if entry.endswith("/data.pkl") or entry == "data.pkl"]
+            if len(pickles) != 1:
+                raise PowdrOutpaintError(f"The checkpoint could not be read: {name} is not a PyTorch checkpoint.")
+            with archive.open(pickles[0]) as stream:
+                return _CardUnpickler(stream).load()
+    except PowdrOutpaintError:
+        raise
+    except zipfile.BadZipFile:
+        raise PowdrOutpaintError(
+            f"The checkpoint could not be read: {name} is damaged or not a PyTorch checkpoint.") from None
+    except pickle.UnpicklingError as error:
+        if "is not allowed" in str(error):
+            raise PowdrOutpaintError(
+                f"The checkpoint could not be read: {name} contains objects other than plain weights "
+                "(possibly code), so it was refused without running it.") from None
+        raise PowdrOutpaintError(f"The checkpoint could not be read: {name} is damaged.") from None
+    except (OSError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as error:
+        raise PowdrOutpaintError(f"The checkpoint could not be read: {name} is damaged ({error}).") from None
+
+
+def _require(condition: bool, name: str, what: str) -> None:
+    if not condition:
+        raise PowdrOutpaintError(f"The checkpoint could not be read: {name} has an invalid configuration ({what}).")
+
+
+def readModelCard(checkpointPath: str) -> dict:
+    """The card of a checkpoint: preset, modality, grid, training, network and parameter count.
+
+    Same keys as the engine's ``powdr-outpaint info --json``. Raises
+    :class:`PowdrOutpaintError` with one sentence for a missing, damaged or foreign file.
+    """
+    checkpointPath = os.fspath(checkpointPath) if checkpointPath else ""
+    if not checkpointPath or not os.path.isfile(checkpointPath):
+        raise PowdrOutpaintError(f"The checkpoint file {checkpointPath or '(none)'} does not exist.")
+    name = os.path.basename(checkpointPath)
+    payload = _readPayload(checkpointPath)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise PowdrOutpaintError(f"The checkpoint could not be read: {name} is a PyTorch file "
+                                 "but not a PowdrOutpaint checkpoint.")
+    try:
+        config = json.loads(payload.get("config") or "")
+    except (TypeError, ValueError):
+        config = None
+    _require(isinstance(config, dict), name, "no JSON configuration")
+    grid = config.get("grid") or {}
+    network = config.get("network") or {}
+    training = config.get("training") or {}
+    diffusion = config.get("diffusion") or {}
+    _require(isinstance(config.get("preset"), str), name, "preset")
+    _require(isinstance(grid, dict) and len(grid.get("shape") or ()) == 3 and len(grid.get("spacing") or ()) == 3,
+             name, "grid")
+    _require(all(isinstance(value, (int, float)) and not isinstance(value, bool)
+                 for value in list(grid["shape"]) + list(grid["spacing"])), name, "grid")
+    _require(isinstance(network, dict) and isinstance(training, dict) and isinstance(diffusion, dict), name,
+             "sections")
+    weights = payload.get("weights")
+    _require(isinstance(weights, dict) and bool(weights)
+             and all(isinstance(value, _TensorShape) for value in weights.values()), name, "no weights")
+    return {
+        "preset": config["preset"],
+        "modality": str(config.get("modality", "")),
+        "grid": {"shape": [int(value) for value in grid["shape"]],
+                 "spacing_mm": [float(value) for value in grid["spacing"]]},
+        "training": dict(training),
+        "network": {
+            "base_channels": network.get("base_channels"),
+            "channel_mult": list(network.get("channel_mult") or []),
+            "attention_levels": list(network.get("attention_levels") or []),
+        },
+        "timesteps": diffusion.get("timesteps"),
+        "parameters": sum(value.numel for value in weights.values()),
+    }
+
+
+def formatModelCard(card: dict) -> str:
+    """The model card as a few lines of plain text for the module panel."""
+    lines = []
+    preset = card.get("preset", "?")
+    modality = str(card.get("modality", "?"))
+    lines.append(f"Preset: {preset}    Modality: {modality.upper()}")
+    grid = card.get("grid") or {}
+    shape = grid.get("shape")
+    spacing = grid.get("spacing_mm", grid.get("spacing"))
+    if shape:
+        gridText = " x ".join(str(value) for value in shape) + " voxels"
+        if spacing:
+            values = sorted({round(float(value), 2) for value in spacing})
+            gridText += " at " + (f"{values[0]:g} mm" if len(values) == 1 else
+                                  " x ".join(f"{float(value):g}" for value in spacing) + " mm")
+        lines.append(f"Grid: {gridText}")
+    training = card.get("training") or {}
+    strategy = training.get("strategy")
+    if strategy:
+        trainingText = str(strategy)
+        iterations = training.get("iterations")
+        if iterations:
+            trainingText += f", {iterations} iterations"
+        lines.append(f"Training: {trainingText}")
+    parameters = card.get("parameters")
+    if isinstance(parameters, (int, float)):
+        lines.append(f"Parameters: {parameters / 1e6:.2f} M")
+    if strategy == "untrained":
+        lines.append("Untrained weights: results are noise around the lesion (for testing only).")
+    return "\n".join(lines)
