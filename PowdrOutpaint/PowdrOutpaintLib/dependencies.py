@@ -1,9 +1,16 @@
-"""Python packages the outpainting engine needs, checked and installed inside Slicer.
+"""Python packages the outpainting worker needs, checked and installed inside Slicer.
 
+* Only what the worker's ``sample``, ``info`` and ``init-checkpoint`` commands import is
+  installed (:data:`SLICER_REQUIREMENTS`); the command-line tools' QA extras (scikit-image,
+  matplotlib) and the test oracle (PyWavelets) are not.
 * PyTorch comes from the PyTorch extension (``PyTorchUtils``, which picks the wheel that
-  fits the GPU driver) when that extension is installed, and from pip otherwise.
+  fits the GPU driver) when that extension is installed, and from pip otherwise. What is
+  installed is capped below 2.13 (see :data:`TORCH_INSTALL_SPECIFIER`); a newer torch that
+  is already there is accepted.
 * The other packages are installed with Slicer's own helpers
-  (``slicer.packaging.pip_ensure`` or ``slicer.util.pip_install``).
+  (``slicer.packaging.pip_ensure`` where it exists, 5.12 and later, else
+  ``slicer.util.pip_install``), always as a list of arguments so that paths with spaces or
+  backslashes survive.
 * The user is asked once, in one dialog listing everything that is missing.
 * Packages Slicer already ships (numpy, scipy, SimpleITK, ...) are never replaced:
   only missing packages are installed, and pip gets a constraints file that pins every
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import inspect
 import logging
 import os
 import tempfile
@@ -24,11 +32,12 @@ from typing import Callable
 
 __all__ = [
     "Requirement",
-    "ENGINE_REQUIREMENTS",
+    "SLICER_REQUIREMENTS",
     "SLICER_SHIPPED_PACKAGES",
     "DependencyError",
     "missingRequirements",
     "ensureDependencies",
+    "installationInProgress",
     "pipCommandHint",
 ]
 
@@ -38,26 +47,31 @@ class Requirement:
     """A pip requirement and the module name it is imported as."""
 
     distribution: str  # name on PyPI
-    specifier: str  # version specifier, e.g. ">=2.1"
+    specifier: str  # versions accepted when already installed, e.g. ">=2.1"
     importName: str  # top-level module
+    installSpecifier: str = ""  # versions to install, when narrower than the accepted ones
 
     @property
     def pipSpec(self) -> str:
-        return f"{self.distribution}{self.specifier}"
+        return f"{self.distribution}{self.installSpecifier or self.specifier}"
 
 
-# The engine's runtime requirements (keep in step with pyproject.toml: a test checks it).
-ENGINE_REQUIREMENTS: tuple[Requirement, ...] = (
-    Requirement("torch", ">=2.1", "torch"),
+#: What torch may be installed into Slicer. torch 2.13 changed how its wheels carry their
+#: licence files (PEP 639), and a fresh 2.13 install is reported to leave Slicer 5.12.2 on
+#: Windows unable to import torch (Slicer/light-the-torch issue 176; capping below 2.13 was
+#: the confirmed workaround). 2.1 is the oldest torch the engine supports; Slicer 5.8's
+#: Python 3.9 gets at most torch 2.8, the last release with Python 3.9 wheels.
+TORCH_INSTALL_SPECIFIER = ">=2.1,<2.13"
+
+# What the worker imports for sample, info and init-checkpoint (a test runs them with every
+# other third-party package blocked). The accepted versions equal pyproject.toml's.
+SLICER_REQUIREMENTS: tuple[Requirement, ...] = (
+    Requirement("torch", ">=2.1", "torch", installSpecifier=TORCH_INSTALL_SPECIFIER),
     Requirement("numpy", ">=1.24", "numpy"),
     Requirement("scipy", ">=1.10", "scipy"),
     Requirement("nibabel", ">=5.0", "nibabel"),
     Requirement("pynrrd", ">=1.0", "nrrd"),
-    Requirement("PyWavelets", ">=1.4", "pywt"),
-    Requirement("scikit-image", ">=0.21", "skimage"),
     Requirement("tqdm", ">=4.60", "tqdm"),
-    Requirement("pillow", ">=9", "PIL"),
-    Requirement("matplotlib", ">=3.7", "matplotlib"),
 )
 
 # Needed by the module itself (whole-process-tree cancel); optional, there is a fallback.
@@ -74,6 +88,16 @@ SLICER_SHIPPED_PACKAGES: tuple[str, ...] = (
 
 class DependencyError(RuntimeError):
     """Required packages are missing and were not (or could not be) installed."""
+
+
+# Slicer 5.8/5.10's pip_install processes GUI events for every line pip prints, so a second
+# click on Generate can arrive while an installation runs: it must not start another one.
+_installing = False
+
+
+def installationInProgress() -> bool:
+    """True while :func:`ensureDependencies` is installing packages."""
+    return _installing
 
 
 def _canonical(name: str) -> str:
@@ -109,7 +133,7 @@ def missingRequirements(includeOptional: bool = False) -> list[Requirement]:
     older than the engine would like.
     """
     shipped = {_canonical(name) for name in SLICER_SHIPPED_PACKAGES}
-    requirements = list(ENGINE_REQUIREMENTS) + (list(MODULE_REQUIREMENTS) if includeOptional else [])
+    requirements = list(SLICER_REQUIREMENTS) + (list(MODULE_REQUIREMENTS) if includeOptional else [])
     missing = []
     for requirement in requirements:
         if _canonical(requirement.distribution) in shipped and importlib.util.find_spec(requirement.importName):
@@ -121,8 +145,7 @@ def missingRequirements(includeOptional: bool = False) -> list[Requirement]:
 
 def pipCommandHint(requirements: list[Requirement]) -> str:
     """A line users can paste into Slicer's Python console to install ``requirements``."""
-    specs = " ".join(requirement.pipSpec for requirement in requirements)
-    return f"slicer.util.pip_install('{specs}')"
+    return f"slicer.util.pip_install({[requirement.pipSpec for requirement in requirements]!r})"
 
 
 def _writeConstraintsFile() -> str:
@@ -155,7 +178,9 @@ def _installTorch(torchRequirement: Requirement, constraintsPath: str) -> None:
     torchLogic = _pyTorchUtilsLogic()
     if torchLogic is not None:
         logging.info("Installing PyTorch with the PyTorch extension (PyTorchUtils)")
-        torch = torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=torchRequirement.specifier)
+        torch = torchLogic.installTorch(
+            askConfirmation=False,
+            torchVersionRequirement=torchRequirement.installSpecifier or torchRequirement.specifier)
         if torch is None:
             raise DependencyError("PyTorch was not installed by the PyTorch extension.")
         return
@@ -163,34 +188,34 @@ def _installTorch(torchRequirement: Requirement, constraintsPath: str) -> None:
     _pipInstall([torchRequirement], constraintsPath)
 
 
+def _pipEnsureFunction():
+    """``slicer.packaging.pip_ensure`` (Slicer 5.12 and later), or None."""
+    try:
+        module = importlib.import_module("slicer.packaging")
+    except ImportError:
+        return None
+    return getattr(module, "pip_ensure", None)
+
+
 def _pipInstall(requirements: list[Requirement], constraintsPath: str) -> None:
-    """Install with Slicer's helpers: pip_ensure when this Slicer has it, else pip_install."""
+    """Install with Slicer's helpers: pip_ensure when this Slicer has it, else pip_install.
+
+    Arguments go as a list: Slicer 5.8 and 5.10 split a single string with ``shlex.split``,
+    which breaks Windows paths (backslashes, spaces) such as the constraints file's.
+    """
     import slicer
 
-    pipEnsure = None
-    for moduleName in ("slicer.packaging", "slicer.pydeps"):
-        try:
-            module = importlib.import_module(moduleName)
-        except ImportError:
-            continue
-        pipEnsure = getattr(module, "pip_ensure", None)
-        if pipEnsure is not None:
-            break
+    specs = [requirement.pipSpec for requirement in requirements]
+    pipEnsure = _pipEnsureFunction()
     if pipEnsure is not None:
-        try:
-            from packaging.requirements import Requirement as PipRequirement
-
-            pipEnsure(
-                [PipRequirement(requirement.pipSpec) for requirement in requirements],
-                constraints=constraintsPath,
-                prompt_install=False,
-                requester="PowdrOutpaint",
-            )
-            return
-        except TypeError:
-            logging.info("pip_ensure has a different signature in this Slicer; using pip_install")
-    specs = " ".join(requirement.pipSpec for requirement in requirements)
-    slicer.util.pip_install(f"{specs} -c {constraintsPath}")
+        # pip_ensure skips installing in testing mode unless told otherwise; being called here
+        # means the packages are needed now (the self-test, a batch script, the user's OK).
+        options = {"constraints": constraintsPath, "prompt_install": False, "requester": "PowdrOutpaint",
+                   "skip_in_testing": False}
+        accepted = inspect.signature(pipEnsure).parameters
+        pipEnsure(specs, **{name: value for name, value in options.items() if name in accepted})
+        return
+    slicer.util.pip_install(specs + ["-c", constraintsPath])
 
 
 def ensureDependencies(
@@ -203,8 +228,12 @@ def ensureDependencies(
         True to go ahead. ``None`` installs without asking (batch use).
     :return: True when everything is available (already, or after installing); False when the
         user declined.
-    :raises DependencyError: when installation failed.
+    :raises DependencyError: when installation failed, or is already running.
     """
+    global _installing
+    if _installing:
+        raise DependencyError("PowdrOutpaint's Python packages are being installed already: "
+                              "wait until that installation has finished.")
     missing = missingRequirements(includeOptional=False)
     if not missing:
         return True  # the optional packages are only installed together with required ones
@@ -221,6 +250,7 @@ def ensureDependencies(
     if askConfirmation is not None and not askConfirmation(message):
         logging.info("Installation of PowdrOutpaint dependencies declined")
         return False
+    _installing = True
     constraintsPath = _writeConstraintsFile()
     try:
         torchRequirements = [r for r in missing if r.importName == "torch"]
@@ -242,6 +272,7 @@ def ensureDependencies(
             f"Try in the Python console: {pipCommandHint(missing)}"
         ) from error
     finally:
+        _installing = False
         try:
             os.remove(constraintsPath)
         except OSError:

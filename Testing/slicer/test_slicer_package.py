@@ -177,15 +177,21 @@ def test_extension_metadata():
     assert "add_subdirectory(PowdrOutpaint)" in cmake
 
 
-def test_requirements_match_pyproject():
+def test_slicer_requirements_match_pyproject():
+    """What Slicer installs is a subset of the engine's dependencies, with the same accepted versions."""
     tomllib = pytest.importorskip("tomllib")
-    from PowdrOutpaintLib.dependencies import ENGINE_REQUIREMENTS
+    from PowdrOutpaintLib.dependencies import SLICER_REQUIREMENTS, TORCH_INSTALL_SPECIFIER
 
     project = tomllib.loads((REPOSITORY / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     declared = {re.split(r"[<>=!~ ;\[]", spec, maxsplit=1)[0].lower(): spec.replace(" ", "")
                 for spec in project["dependencies"]}
-    listed = {requirement.distribution.lower(): requirement.pipSpec for requirement in ENGINE_REQUIREMENTS}
-    assert listed == declared
+    for requirement in SLICER_REQUIREMENTS:
+        name = requirement.distribution.lower()
+        assert declared.get(name) == f"{name}{requirement.specifier}", name
+    torch = next(requirement for requirement in SLICER_REQUIREMENTS if requirement.importName == "torch")
+    assert torch.pipSpec == f"torch{TORCH_INSTALL_SPECIFIER}" and "<2.13" in torch.pipSpec
+    assert {"pywavelets", "scikit-image", "matplotlib"}.isdisjoint(
+        requirement.distribution.lower() for requirement in SLICER_REQUIREMENTS)
 
 
 def test_missing_requirements_are_detected(monkeypatch):
@@ -198,7 +204,7 @@ def test_missing_requirements_are_detected(monkeypatch):
     missing = [requirement.distribution for requirement in dependencies.missingRequirements()]
     assert missing == ["torch", "numpy"]  # numpy is shipped by Slicer, but absent here, so reported
     hint = dependencies.pipCommandHint(dependencies.missingRequirements())
-    assert hint == "slicer.util.pip_install('torch>=2.1 numpy>=1.24')"
+    assert hint == "slicer.util.pip_install(['torch>=2.1,<2.13', 'numpy>=1.24'])"
     asked = []
     assert dependencies.ensureDependencies(askConfirmation=lambda message: asked.append(message) or False) is False
     assert len(asked) == 1 and "torch" in asked[0]
