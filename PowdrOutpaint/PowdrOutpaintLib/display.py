@@ -56,40 +56,36 @@ _INFERNO_ANCHORS = np.array([
 ])
 
 
+def _singletonColorTable(scene, tag: str, name: str, colors: list[tuple[str, float, float, float, float]]):
+    """The scene's colour table with singleton ``tag``, added with ``colors`` (name, r, g, b, a) if missing."""
+    node = scene.GetSingletonNode(tag, "vtkMRMLColorTableNode")
+    if node is not None:
+        return node
+    node = slicer.vtkMRMLColorTableNode()
+    node.SetTypeToUser()
+    node.SetName(name)
+    node.SetSingletonTag(tag)
+    node.SetNumberOfColors(len(colors))
+    for index, color in enumerate(colors):
+        node.SetColor(index, *color)
+    return scene.AddNode(node)
+
+
 def infernoColorNode(scene):
     """Slicer's Inferno colour table, or an equivalent one added to the scene when it is missing."""
     node = scene.GetNodeByID("vtkMRMLColorTableNodeFileInferno.txt")
     if node is not None:
         return node
-    node = scene.GetSingletonNode("PowdrOutpaintInferno", "vtkMRMLColorTableNode")
-    if node is not None:
-        return node
-    node = slicer.vtkMRMLColorTableNode()
-    node.SetTypeToUser()
-    node.SetName("Inferno (PowdrOutpaint)")
-    node.SetSingletonTag("PowdrOutpaintInferno")
-    node.SetNumberOfColors(256)
     positions = np.linspace(0.0, 1.0, len(_INFERNO_ANCHORS))
-    for index, value in enumerate(np.linspace(0.0, 1.0, 256)):
-        red, green, blue = (float(np.interp(value, positions, _INFERNO_ANCHORS[:, channel])) for channel in range(3))
-        node.SetColor(index, f"{index}", red, green, blue, 1.0)
-    node.SetHideFromEditors(False)
-    return scene.AddNode(node)
+    colors = [(f"{index}", *(float(np.interp(value, positions, _INFERNO_ANCHORS[:, channel])) for channel in range(3)),
+               1.0) for index, value in enumerate(np.linspace(0.0, 1.0, 256))]
+    return _singletonColorTable(scene, "PowdrOutpaintInferno", "Inferno (PowdrOutpaint)", colors)
 
 
 def lesionColorNode(scene):
     """A two-entry table: 0 transparent, 1 'lesion' in yellow (for the outline)."""
-    node = scene.GetSingletonNode("PowdrOutpaintLesion", "vtkMRMLColorTableNode")
-    if node is not None:
-        return node
-    node = slicer.vtkMRMLColorTableNode()
-    node.SetTypeToUser()
-    node.SetName("Lesion (PowdrOutpaint)")
-    node.SetSingletonTag("PowdrOutpaintLesion")
-    node.SetNumberOfColors(2)
-    node.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
-    node.SetColor(1, "lesion", 1.0, 0.85, 0.0, 1.0)
-    return scene.AddNode(node)
+    return _singletonColorTable(scene, "PowdrOutpaintLesion", "Lesion (PowdrOutpaint)",
+                                [("background", 0.0, 0.0, 0.0, 0.0), ("lesion", 1.0, 0.85, 0.0, 1.0)])
 
 
 def setUpDisplay(scene, result: PowdrOutpaintResult) -> None:
