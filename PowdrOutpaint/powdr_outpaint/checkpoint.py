@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -205,10 +206,13 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any
     if not path.is_file():
         raise CheckpointError(f"the checkpoint {path} does not exist")
     try:
-        payload = torch.load(str(path), map_location="cpu", weights_only=True)
+        # An open file, not a name: see atomic_torch_save
+        with open(path, "rb") as handle:
+            payload = torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        # The restricted unpickler names the first global it refuses; anything else is garbage.
-        if "global" not in str(error).lower():
+        # The restricted unpickler names the first object it refuses ("Unsupported global" from
+        # torch 2.4, "Unsupported class" in 2.1-2.3); anything else is garbage.
+        if not re.search(r"unsupported (global|class)", str(error), re.IGNORECASE):
             raise CheckpointError(f"the checkpoint {path.name} is damaged or not a PyTorch file") from None
         raise CheckpointError(
             f"the checkpoint {path.name} was refused: it contains objects other than plain weights "
@@ -248,9 +252,15 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
 
 
 def atomic_torch_save(payload: dict[str, Any], path: str | os.PathLike) -> Path:
-    """torch.save to a temporary file in the destination folder, then rename over ``path``."""
+    """torch.save to a temporary file in the destination folder, then rename over ``path``.
+
+    torch gets an open file, not a name: on Windows its C++ writer opens names in the ANSI
+    code page, which fails for folders such as "Patient Ö" (pytorch/pytorch#103949) and has
+    truncated files over 2 GiB (#185098); Python's ``open`` handles any path.
+    """
     with atomic_target(path) as temporary:
-        torch.save(payload, temporary)
+        with open(temporary, "wb") as stream:
+            torch.save(payload, stream)
     return Path(path)
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from .checkpoint import initial_checkpoint, read_checkpoint, save_checkpoint
+from .cli import command_help
 from .errors import PowdrError
 from .network import OutpaintUNet, count_parameters
 from .presets import PRESETS
@@ -15,7 +16,7 @@ from .presets import PRESETS
 def register(subparsers: argparse._SubParsersAction) -> None:
     init = subparsers.add_parser(
         "init-checkpoint",
-        help="write an untrained checkpoint of a preset (for tests and plumbing)",
+        help=command_help("init-checkpoint"),
     )
     init.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     init.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
@@ -23,14 +24,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument("--modality", default="t1")
     init.set_defaults(func=_init)
 
-    info = subparsers.add_parser("info", help="show a checkpoint's model card")
+    info = subparsers.add_parser("info", help=command_help("info"))
     info.add_argument("--checkpoint", required=True)
     info.add_argument("--json", action="store_true", help="print the card as JSON")
     info.set_defaults(func=_info)
 
     strip = subparsers.add_parser(
         "strip",
-        help="keep only what sampling needs (configuration + EMA weights) from a training checkpoint",
+        help=command_help("strip"),
         description="Write a small checkpoint for sharing: the training state (optimiser, RNG, data "
         "order) is dropped; the configuration and the sampling (EMA) weights are kept unchanged.",
     )

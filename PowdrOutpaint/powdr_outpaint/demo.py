@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import command_help
 from .errors import PowdrError
 from .masks import random_mask
 from .outpaint import OutpaintOptions, run_outpaint
@@ -111,7 +112,7 @@ def run_demo(
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="outpaint the MNI152 template with the bundled demo model and write a QA report",
+        help=command_help("demo"),
         description="Offline demonstration: MNI152 template, a random kept region, the bundled demo model.",
     )
     parser.add_argument("--out", default="outputs/demo", help="output folder (default outputs/demo)")

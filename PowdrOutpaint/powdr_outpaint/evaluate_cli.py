@@ -18,6 +18,7 @@ import numpy as np
 
 from . import metrics as m
 from .atomic import write_json_atomic
+from .cli import command_help
 from .errors import PowdrError
 from .preprocess import lesion_on_image_grid, parse_labels
 from .progress import Progress
@@ -286,7 +287,7 @@ def write_metrics_json(path: Path, payload: dict[str, Any]) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="quality metrics and a QA report of one outpainting run",
+        help=command_help("evaluate"),
         description=(
             "Diversity (pairwise cosine similarity and histogram KL divergence), fidelity "
             "(3-D SSIM and MS-SSIM inside and outside the lesion), lesion preservation "

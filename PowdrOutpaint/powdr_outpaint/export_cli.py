@@ -8,13 +8,14 @@ import sys
 
 import numpy as np
 
+from .cli import command_help
 from .export import LABEL_VALUE_MODES, export_nnunet, parse_label_names
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export",
-        help="write outpainted runs as a segmentation training set (nnU-Net v2 raw format)",
+        help=command_help("export"),
         description=(
             "Collect every run under --from (a 'generate' output folder or a 'sample' output folder) "
             "into OUT/DatasetDDD_NAME with imagesTr, labelsTr and dataset.json. Label files keep the "

@@ -102,7 +102,7 @@ def _cases_from_folder(folder: Path, image_glob: str, mask_globs: tuple[str, ...
 
 def _cases_from_csv(path: Path) -> list[Case]:
     try:
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # not the Windows code page
             rows = list(csv.DictReader(handle))
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise PowdrError(f"the case list {path.name} could not be read ({error})") from None

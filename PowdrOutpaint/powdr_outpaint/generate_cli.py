@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from .cli import command_help
 from .errors import PowdrError
 from .generate import DEFAULT_MASK_GLOBS, discover_cases, distributed_env, run_generate
 from .outpaint import PRESERVE_MODES, OutpaintOptions
@@ -15,7 +16,7 @@ from .samplers import SAMPLERS
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "generate",
-        help="outpaint many cases in one run (resumable; split over GPUs under torchrun)",
+        help=command_help("generate"),
         description=(
             "Outpaint every case of a CSV file (columns image,mask[,case]) or of a folder with one "
             "subfolder per case, into OUT/CASE/. Cases whose STEM_outpaint.json exists are skipped, "

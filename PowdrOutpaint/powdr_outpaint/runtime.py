@@ -10,13 +10,33 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import torch
 
 from .errors import PowdrError
 
 
+def require_numpy_bridge() -> None:
+    """Stop with one sentence when this torch cannot exchange arrays with this NumPy.
+
+    torch wheels before 2.3 were built for NumPy 1.x: beside NumPy 2 they import, but
+    ``torch.from_numpy`` fails with "Numpy is not available" in the middle of a run.
+    """
+    try:
+        torch.from_numpy(np.zeros(1, dtype=np.float32))
+    except RuntimeError as error:
+        raise PowdrError(
+            f"PyTorch {torch.__version__} cannot use NumPy {np.__version__} ({error}); "
+            "install torch 2.3 or newer, or numpy<2"
+        ) from None
+
+
 def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA when available; asking for CUDA without it is an error."""
+    """'auto' picks CUDA when available; asking for CUDA without it is an error.
+
+    Every command that runs the network starts here, so the NumPy bridge is checked here too.
+    """
+    require_numpy_bridge()
     name = (name or "auto").lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .cli import command_help
 from .outpaint import PRESERVE_MODES, OutpaintOptions, run_outpaint
 from .progress import Progress
 from .samplers import SAMPLERS
@@ -12,7 +13,7 @@ from .samplers import SAMPLERS
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "sample",
-        help="synthesise N volumes around a kept lesion, with mean and std maps",
+        help=command_help("sample"),
         description="Synthesise N volumes around a kept lesion. Outputs are on the input's grid.",
     )
     parser.add_argument("--image", required=True, help="MRI volume (.nii, .nii.gz or .nrrd)")

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader
 
-from .bench import peak_rss_gib
+from .bench import format_gib, peak_rss_gib
 from .checkpoint import ModelConfig, TrainingInfo, read_checkpoint, save_checkpoint
 from .data import CachedCase, CaseStore, PrepareSettings, SkippedCase, discover_cases, modality_aliases, prepare_all
 from .diffusion import Schedule, x0_loss
@@ -232,7 +232,7 @@ class TrainResult:
     skipped: list[SkippedCase] = field(default_factory=list)
     seconds: float = 0.0
     iterations_per_second: float = 0.0
-    peak_memory_gib: float = 0.0
+    peak_memory_gib: float | None = 0.0  # None where the platform cannot measure it
     latest: Path | None = None
     interrupted: bool = False
 
@@ -533,7 +533,7 @@ class Trainer:
             raise KeyboardInterrupt
         self.say(
             f"Done: iteration {step}, {result.iterations_per_second:.2f} it/s, "
-            f"peak memory {result.peak_memory_gib:.2f} GiB; checkpoint {self.out / LATEST_NAME}"
+            f"peak memory {format_gib(result.peak_memory_gib)}; checkpoint {self.out / LATEST_NAME}"
         )
         return result
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from .cli import command_help
 from .data import MODALITIES
 from .presets import PRESETS
 from .train import CONDITIONS, TrainOptions, train
@@ -16,7 +17,7 @@ from .train import CONDITIONS, TrainOptions, train
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train an outpainting model on cases in BraTS layout or a CSV list",
+        help=command_help("train"),
         description=(
             "Train a conditional wavelet diffusion model. Checkpoints in --out (latest.pt) load directly "
             "in 'sample'. Options left out take the preset's defaults, or the resumed run's values."

@@ -381,3 +381,101 @@ def test_closed_surface_segmentation_is_not_modified(bratsScene, tinyCheckpoint)
     assert segmentation.GetSegmentation().GetMTime() == modifiedBefore
     names = [core.scene.GetNthNode(index).GetName() for index in range(core.scene.GetNumberOfNodes())]
     assert not any(name.startswith("PowdrOutpaintLesion") for name in names)
+
+
+def test_other_python_gets_the_startup_environment(tinyCheckpoint, monkeypatch, tmp_path):
+    """POWDR_OUTPAINT_PYTHON names another interpreter: it gets the environment Slicer was started
+    with, not Slicer's own PYTHONHOME/PYTHONNOUSERSITE, with which no other Python starts."""
+    startup = {key: value for key, value in os.environ.items() if key not in ("PYTHONHOME", "PYTHONNOUSERSITE")}
+    monkeypatch.setenv("PYTHONHOME", str(tmp_path / "Slicer-5.8" / "lib" / "Python"))
+    monkeypatch.setenv("PYTHONNOUSERSITE", "1")
+    monkeypatch.setattr(slicer, "app", object(), raising=False)  # inside the Slicer application
+    monkeypatch.setattr(slicer.util, "startupEnvironment", lambda: dict(startup))
+    monkeypatch.setenv("POWDR_OUTPAINT_PYTHON", sys.executable)
+    logic = PowdrOutpaintLogic()
+    environment = logic.engine.environment()
+    assert "PYTHONHOME" not in environment and "PYTHONNOUSERSITE" not in environment
+    completed = logic.engine.run("info", "--checkpoint", str(tinyCheckpoint), "--json", timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout.strip().splitlines()[-1])["preset"] == "tiny"
+
+
+BLOCK_IMPORTS = """
+import importlib.abc, runpy, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in BLOCKED:
+            raise ImportError(f'{name} is blocked in this test')
+        return None
+sys.meta_path.insert(0, Block())
+"""
+
+
+def runBlocked(blocked: set[str], code: str, *arguments: str) -> "subprocess.CompletedProcess":
+    """Run ``code`` in a fresh interpreter where the ``blocked`` top-level packages cannot be imported."""
+    import subprocess
+
+    from conftest import engineEnvironment
+
+    program = f"BLOCKED = {sorted(blocked)!r}\n" + BLOCK_IMPORTS + code
+    return subprocess.run([sys.executable, "-c", program, *arguments], env=engineEnvironment(),
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_model_card_needs_no_torch_and_matches_the_engine(tinyCheckpoint):
+    from PowdrOutpaintLib import defaultCheckpointPath
+
+    checkpoints = [str(tinyCheckpoint), defaultCheckpointPath()]
+    completed = runBlocked({"torch"}, "import json\nfrom PowdrOutpaintLib.modelcard import readModelCard\n"
+                                      "print(json.dumps([readModelCard(path) for path in sys.argv[1:]]))",
+                           *checkpoints)
+    assert completed.returncode == 0, completed.stderr
+    cards = json.loads(completed.stdout)
+    logic = PowdrOutpaintLogic()
+    for path, card in zip(checkpoints, cards):
+        engine = logic.engine.run("info", "--checkpoint", path, "--json", timeout=300)
+        assert engine.returncode == 0, engine.stderr
+        assert card == json.loads(engine.stdout.strip().splitlines()[-1])
+
+
+def test_model_card_refuses_code_and_damaged_files(tinyCheckpoint, tmp_path):
+    import torch
+
+    marker = tmp_path / "code-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"format": "powdr-outpaint-checkpoint", "config": "{}", "weights": {}, "extra": Payload()}, hostile)
+    with pytest.raises(PowdrOutpaintError, match="refused without running it"):
+        PowdrOutpaintLogic.readModelCard(hostile)
+    assert not marker.exists()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(tinyCheckpoint.read_bytes()[:4000])
+    with pytest.raises(PowdrOutpaintError, match="damaged"):
+        PowdrOutpaintLogic.readModelCard(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(3)}}, foreign)
+    with pytest.raises(PowdrOutpaintError, match="not a PowdrOutpaint checkpoint"):
+        PowdrOutpaintLogic.readModelCard(foreign)
+
+
+def test_worker_needs_only_the_slicer_requirements(bratsCase, tinyCheckpoint, tmp_path):
+    """sample, info and init-checkpoint run with every third-party package Slicer does not install blocked."""
+    from PowdrOutpaintLib.dependencies import MODULE_REQUIREMENTS, SLICER_REQUIREMENTS
+
+    allowed = {requirement.importName for requirement in SLICER_REQUIREMENTS + MODULE_REQUIREMENTS}
+    blocked = {"skimage", "matplotlib", "pywt", "PIL", "nilearn", "pandas", "sklearn"} - allowed
+    run = "sys.argv = ['powdr-outpaint'] + sys.argv[1:]\nrunpy.run_module('powdr_outpaint', run_name='__main__')"
+    out = tmp_path / "out"
+    completed = runBlocked(blocked, run, "sample", "--image", str(bratsCase["image"]), "--mask",
+                           str(bratsCase["segmentation"]), "--checkpoint", str(tinyCheckpoint), "--samples", "1",
+                           "--steps", "2", "--device", "cpu", "--out", str(out), "--progress", "json")
+    assert completed.returncode == 0, completed.stderr
+    assert (out / f"{bratsCase['image'].name.split('.')[0]}_outpaint_s00.nii.gz").is_file()
+    for command in (["init-checkpoint", "--preset", "tiny", "--out", str(tmp_path / "t.pt")],
+                    ["info", "--checkpoint", str(tinyCheckpoint), "--json"]):
+        completed = runBlocked(blocked, run, *command)
+        assert completed.returncode == 0, (command, completed.stderr)

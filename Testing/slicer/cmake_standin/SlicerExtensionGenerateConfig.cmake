@@ -1,0 +1,1 @@
+# Stand-in for Slicer's SlicerExtensionGenerateConfig.cmake: empty (see SlicerConfig.cmake).
