@@ -111,8 +111,18 @@ def readModelCard(checkpointPath: str) -> dict:
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise PowdrOutpaintError(f"The checkpoint could not be read: {name} is a PyTorch file "
                                  "but not a PowdrOutpaint checkpoint.")
+    card = _stageCard(payload.get("config"), payload.get("weights"), name)
+    refiner = payload.get("refiner")
+    if refiner is not None:
+        _require(isinstance(refiner, dict), name, "refine stage")
+        card["refine"] = _stageCard(refiner.get("config"), refiner.get("weights"), name)
+    return card
+
+
+def _stageCard(configText, weights, name: str) -> dict:
+    """The card of one stage from its JSON configuration and its weights' shapes."""
     try:
-        config = json.loads(payload.get("config") or "")
+        config = json.loads(configText or "")
     except (TypeError, ValueError):
         config = None
     _require(isinstance(config, dict), name, "no JSON configuration")
@@ -127,7 +137,6 @@ def readModelCard(checkpointPath: str) -> dict:
                  for value in list(grid["shape"]) + list(grid["spacing"])), name, "grid")
     _require(isinstance(network, dict) and isinstance(training, dict) and isinstance(diffusion, dict), name,
              "sections")
-    weights = payload.get("weights")
     _require(isinstance(weights, dict) and bool(weights)
              and all(isinstance(value, _TensorShape) for value in weights.values()), name, "no weights")
     return {
@@ -171,6 +180,14 @@ def formatModelCard(card: dict) -> str:
             trainingText += f", {iterations} iterations"
         lines.append(f"Training: {trainingText}")
     parameters = card.get("parameters")
+    refine = card.get("refine")
+    if isinstance(refine, dict):
+        refineGrid = refine.get("grid") or {}
+        spacingText = ", ".join(sorted({f"{float(v):g}" for v in refineGrid.get("spacing_mm") or []}))
+        iterations = (refine.get("training") or {}).get("iterations")
+        lines.append(f"Detail stage: {spacingText} mm grid" + (f", {iterations} iterations" if iterations else ""))
+        if isinstance(parameters, (int, float)) and isinstance(refine.get("parameters"), (int, float)):
+            parameters = parameters + refine["parameters"]
     if isinstance(parameters, (int, float)):
         lines.append(f"Parameters: {parameters / 1e6:.2f} M")
     if strategy == "untrained":

@@ -12,6 +12,7 @@ _STAGE_LABELS = {
     "loading": "Loading the model",
     "preparing": "Preparing the lesion",
     "sampling": "Sampling",
+    "refining": "Adding detail",
     "writing": "Writing results",
     "importing": "Loading results into Slicer",
 }
@@ -80,6 +81,6 @@ class OutpaintProgress:
         if self.step is not None and self.total:
             parts.append(f"step {self.step}/{self.total}")
         text = self.stageLabel + (": " + ", ".join(parts) if parts else "")
-        if self.etaSeconds is not None and self.stage == "sampling":
+        if self.etaSeconds is not None and self.stage in ("sampling", "refining"):
             text += f" - about {self.formatDuration(self.etaSeconds)} left"
         return text

@@ -29,7 +29,8 @@ from .atomic import atomic_target
 from .diffusion import DiffusionConfig
 from .errors import CheckpointError
 from .network import NetworkConfig, OutpaintUNet
-from .presets import GridConfig, get_preset
+from .presets import STAGES, GridConfig, get_preset
+from .transforms import COARSE_CHANNELS
 
 FORMAT = "powdr-outpaint-checkpoint"
 FORMAT_VERSION = 1
@@ -80,6 +81,7 @@ class ModelConfig:
     modality: str = "t1"
     training: TrainingInfo = field(default_factory=TrainingInfo)
     format_version: int = FORMAT_VERSION
+    stage: str = "outpaint"  # presets.STAGES
 
     @classmethod
     def from_preset(cls, name: str, modality: str = "t1", training: TrainingInfo | None = None) -> "ModelConfig":
@@ -91,6 +93,7 @@ class ModelConfig:
             grid=preset.grid,
             modality=modality,
             training=training or TrainingInfo(dilate=preset.dilate),
+            stage=preset.stage,
         )
 
     def validate(self) -> None:
@@ -99,8 +102,16 @@ class ModelConfig:
         self.grid.validate(self.network.divisor)
         self.normalisation.validate()
         self.training.validate()
-        if self.network.in_channels != 16 or self.network.out_channels != 8:
-            raise ValueError("the network must take 16 channels (noisy + condition subbands) and return 8")
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {', '.join(STAGES)}")
+        expected = 16 + (COARSE_CHANNELS if self.stage == "refine" else 0)
+        if self.network.in_channels != expected or self.network.out_channels != 8:
+            raise ValueError(
+                f"a {self.stage} network must take {expected} channels (noisy + condition subbands"
+                f"{' + the first stage' if self.stage == 'refine' else ''}) and return 8"
+            )
+        if self.stage == "refine" and not self.grid.patch:
+            raise ValueError("a refine network needs the training patch size in its grid")
         if not self.modality or not isinstance(self.modality, str):
             raise ValueError("modality must be a non-empty string")
 
@@ -120,17 +131,22 @@ class ModelConfig:
         try:
             network = _build(NetworkConfig, raw["network"], tuples=("channel_mult", "attention_levels"))
             diffusion = _build(DiffusionConfig, raw["diffusion"])
-            grid = _build(GridConfig, raw["grid"], tuples=("shape", "spacing"))
+            grid = _build(GridConfig, raw["grid"], tuples=("shape", "spacing", "patch"))
             normalisation = _build(NormalisationConfig, raw.get("normalisation", {}))
             training = _build(TrainingInfo, raw.get("training", {}))
             config = cls(
                 preset=str(raw["preset"]),
                 network=network,
                 diffusion=diffusion,
-                grid=GridConfig(tuple(int(s) for s in grid.shape), tuple(float(s) for s in grid.spacing)),
+                grid=GridConfig(
+                    tuple(int(s) for s in grid.shape),
+                    tuple(float(s) for s in grid.spacing),
+                    tuple(int(s) for s in grid.patch),
+                ),
                 normalisation=normalisation,
                 modality=str(raw.get("modality", "")),
                 training=training,
+                stage=str(raw.get("stage", "outpaint")),
             )
         except KeyError as error:
             raise ValueError(f"the configuration lacks the field {error.args[0]!r}") from None
@@ -186,6 +202,7 @@ class LoadedModel:
     sha256: str
     path: Path
     extra: dict[str, Any]
+    refiner: "LoadedModel | None" = None  # the refine stage of a cascade
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -231,7 +248,31 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any
     weights = payload.get("weights")
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise CheckpointError(f"the checkpoint {path.name} holds no weights")
+    if "refiner" in payload:
+        _refiner_config(payload["refiner"], config, path.name)
     return config, payload
+
+
+def _refiner_config(section: Any, first: ModelConfig, name: str) -> ModelConfig:
+    """The validated configuration of a cascade's refine stage."""
+    if not isinstance(section, dict) or not isinstance(section.get("weights"), dict) or not all(
+        isinstance(v, torch.Tensor) for v in section["weights"].values()
+    ):
+        raise CheckpointError(f"the checkpoint {name} has a damaged refine stage")
+    try:
+        config = ModelConfig.from_dict(json.loads(section.get("config", "")))
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"the refine stage of {name} has an invalid configuration: {error}") from None
+    if first.stage != "outpaint" or config.stage != "refine":
+        raise CheckpointError(f"the checkpoint {name} joins stages in the wrong order")
+    if config.modality != first.modality:
+        raise CheckpointError(f"the two stages of {name} were trained on different modalities")
+    return config
+
+
+def refiner_of(payload: dict[str, Any], first: ModelConfig, name: str) -> ModelConfig | None:
+    """The refine stage's configuration when the checkpoint is a cascade, else None."""
+    return _refiner_config(payload["refiner"], first, name) if "refiner" in payload else None
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> LoadedModel:
@@ -247,8 +288,46 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
             f"the weights in {path.name} do not match the network its configuration describes ({first[:160]})"
         ) from None
     network.eval().to(device)
-    extra = {k: v for k, v in payload.items() if k not in ("weights", "config", "format")}
-    return LoadedModel(config=config, network=network, sha256=file_sha256(path), path=path, extra=extra)
+    if config.stage == "refine":
+        raise CheckpointError(
+            f"{path.name} is only the refine stage of a cascade; join it to a first stage with "
+            "'powdr-outpaint cascade' and sample with the joined file"
+        )
+    refiner = None
+    refiner_config = refiner_of(payload, config, path.name)
+    if refiner_config is not None:
+        refiner_network = OutpaintUNet(refiner_config.network)
+        try:
+            refiner_network.load_state_dict(payload["refiner"]["weights"], strict=True)
+        except RuntimeError as error:
+            first = str(error).splitlines()[0]
+            raise CheckpointError(f"the refine stage's weights in {path.name} do not match its network ({first[:160]})") from None
+        refiner = LoadedModel(
+            config=refiner_config, network=refiner_network.eval().to(device), sha256="", path=path, extra={}
+        )
+    extra = {k: v for k, v in payload.items() if k not in ("weights", "config", "format", "refiner")}
+    return LoadedModel(
+        config=config, network=network, sha256=file_sha256(path), path=path, extra=extra, refiner=refiner
+    )
+
+
+def save_cascade(first_path: str | os.PathLike, refine_path: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Join a first stage and a refine stage into one sampling checkpoint (no training state)."""
+    first, first_payload = read_checkpoint(first_path)
+    refine, refine_payload = read_checkpoint(refine_path)
+    if first.stage != "outpaint" or "refiner" in first_payload:
+        raise CheckpointError(f"{Path(first_path).name} is not a single first-stage model")
+    if refine.stage != "refine":
+        raise CheckpointError(f"{Path(refine_path).name} is not a refine-stage model (train one with --preset refine)")
+    if refine.modality != first.modality:
+        raise CheckpointError(
+            f"the first stage was trained on {first.modality} and the refine stage on {refine.modality}"
+        )
+    refiner = {
+        "config": refine.to_json(),
+        "weights": {k: v.detach().to("cpu").clone() for k, v in refine_payload["weights"].items()},
+    }
+    return save_checkpoint(path, first, first_payload["weights"], {"refiner": refiner})
 
 
 def atomic_torch_save(payload: dict[str, Any], path: str | os.PathLike) -> Path:

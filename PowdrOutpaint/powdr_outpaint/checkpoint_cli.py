@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .checkpoint import initial_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import initial_checkpoint, read_checkpoint, refiner_of, save_cascade, save_checkpoint
 from .cli import command_help
 from .errors import PowdrError
 from .network import OutpaintUNet, count_parameters
@@ -39,6 +39,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     strip.add_argument("--out", required=True, help="the sampling-only checkpoint to write (.pt)")
     strip.set_defaults(func=_strip)
 
+    cascade = subparsers.add_parser(
+        "cascade",
+        help=command_help("cascade"),
+        description="Write one sampling checkpoint from a first stage (any outpaint preset) and a refine "
+        "stage (--preset refine): 'sample' then makes the anatomy with the first and its detail with the "
+        "second. Training state is dropped from both.",
+    )
+    cascade.add_argument("--first", required=True, help="the first stage (e.g. a demo-preset latest.pt)")
+    cascade.add_argument("--refine", required=True, help="the refine stage (a refine-preset latest.pt)")
+    cascade.add_argument("--out", required=True, help="the joined checkpoint to write (.pt)")
+    cascade.set_defaults(func=_cascade)
+
 
 def _init(args: argparse.Namespace) -> int:
     path = initial_checkpoint(args.out, args.preset, seed=args.seed, modality=args.modality)
@@ -47,9 +59,13 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    config, _ = read_checkpoint(args.checkpoint)
+    config, payload = read_checkpoint(args.checkpoint)
     card = config.card()
     card["parameters"] = count_parameters(OutpaintUNet(config.network))
+    refiner = refiner_of(payload, config, Path(args.checkpoint).name)
+    if refiner is not None:
+        card["refine"] = refiner.card()
+        card["refine"]["parameters"] = count_parameters(OutpaintUNet(refiner.network))
     if args.json:
         print(json.dumps(card))
     else:
@@ -64,7 +80,14 @@ def strip_checkpoint(source: str | Path, destination: str | Path) -> Path:
     if destination.exists() and destination.resolve() == source.resolve():
         raise PowdrError("--out must differ from --checkpoint; the training checkpoint is kept as it is")
     config, payload = read_checkpoint(source)
-    return save_checkpoint(destination, config, payload["weights"])
+    kept = {"refiner": payload["refiner"]} if "refiner" in payload else None
+    return save_checkpoint(destination, config, payload["weights"], kept)
+
+
+def _cascade(args: argparse.Namespace) -> int:
+    path = save_cascade(args.first, args.refine, args.out)
+    print(f"wrote the cascade {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
 
 
 def _strip(args: argparse.Namespace) -> int:

@@ -38,6 +38,10 @@ COMMANDS: dict[str, Command] = {
         "checkpoint_cli",
         "keep only what sampling needs (configuration + EMA weights) from a training checkpoint",
     ),
+    "cascade": Command(
+        "checkpoint_cli",
+        "join a first-stage model and a refine-stage model into one sampling checkpoint",
+    ),
     "bench": Command("bench", "time one denoising step of a preset's network"),
     "train": Command("train_cli", "train an outpainting model on cases in BraTS layout or a CSV list"),
     "evaluate": Command("evaluate_cli", "quality metrics and a QA report of one outpainting run"),

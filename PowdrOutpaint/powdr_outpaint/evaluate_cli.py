@@ -137,6 +137,31 @@ def evaluate(
             }
         )
 
+    progress.stage("evaluating", "Realism of the new tissue")
+    brain = original > original.min()
+    scale = m.intensity_range(original, brain)
+    outside = regions["outside"]
+    reference_hf = m.high_frequency_energy(original, outside)
+    for entry, sample in zip(per_sample, samples):
+        hf = m.high_frequency_energy(sample, outside)
+        entry["high_frequency_ratio"] = float(np.sqrt(hf / reference_hf)) if reference_hf > 0 else float("nan")
+        entry["histogram_distance"] = m.histogram_distance(sample, original, outside, scale)
+    realism: dict[str, Any] = {
+        "intensity_range": scale,
+        "high_frequency_ratio": float(np.mean([e["high_frequency_ratio"] for e in per_sample])),
+        "histogram_distance": float(np.mean([e["histogram_distance"] for e in per_sample])),
+        "high_frequency_sigma_voxels": m.HIGH_FREQUENCY_SIGMA,
+    }
+    if len(samples) >= 2:
+        pairs = m.pairwise_mean_abs_difference(samples, outside, scale)
+        realism["pairwise_difference_pct"] = {
+            **pairs.as_dict(),
+            "min": min(pairs.values),
+            "median": float(np.median(pairs.values)),
+        }
+    else:
+        realism["pairwise_difference_pct"] = None
+
     progress.stage("evaluating", "Diversity and the std map")
     if len(samples) >= 2:
         diversity = {
@@ -191,6 +216,7 @@ def evaluate(
             "data_range": data_range,
         },
         "diversity": diversity,
+        "realism": realism,
         "fidelity_mean": {
             "ssim": {r: average("ssim", r) for r in ("inside", "outside")},
             "ms_ssim": {r: average("ms_ssim", r) for r in ("inside", "outside")},
@@ -257,6 +283,18 @@ def format_table(result: dict[str, Any]) -> str:
         )
     else:
         lines.append("diversity: needs at least 2 samples")
+    realism = result.get("realism")
+    if realism:
+        pairs = realism.get("pairwise_difference_pct")
+        spread = (
+            f"pairwise |difference| smallest {pairs['min']:.2f} %, median {pairs['median']:.2f} % of the "
+            f"intensity range; " if pairs else ""
+        )
+        lines.append(
+            f"realism: {spread}high-frequency ratio {_num(realism['high_frequency_ratio'])} "
+            f"(1 = as detailed as the original); histogram distance {_num(realism['histogram_distance'])} "
+            f"(0 = same intensities)"
+        )
     std = result["std_map"]
     lines.append(
         f"std map: inside mean {_num(std['inside']['mean'])} (max {_num(std['inside']['max'])}); "

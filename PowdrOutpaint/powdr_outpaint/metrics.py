@@ -40,6 +40,24 @@ Fidelity (each sample against the original, inside and outside the lesion):
   lesion, so the empty background, identical in every sample, does not inflate the
   scores.
 
+Realism (the new tissue: "brain" is the original's foreground, the region is the brain
+outside the lesion; the intensity range is the 1st-99th percentile range of the original's
+brain, the range the model normalises by):
+
+* pairwise difference: for each pair of samples, the mean |a - b| over the region, in %
+  of the intensity range; the smallest and the median pair are reported. Identical
+  samples give 0; two different real brains registered to one atlas give 10-20 %.
+* high-frequency ratio: the amount of fine detail, the root mean square of x - G2(x) over
+  the region, where G2 is a Gaussian blur with sigma = 2 voxels, of a sample divided by
+  that of the original. 1 for a sample as detailed as the original; the original itself
+  taken to a coarser model grid and back to 1 mm (what a flawless model on that grid
+  gives) reaches 0.47 at 3.6 mm, 0.58 at 2.4 mm and 0.66 at 1.8 mm on BraTS T1
+  (Brats18_TCIA10_639_1).
+* histogram distance: the 1-D Wasserstein (earth mover's) distance between the intensity
+  distributions of a sample and of the original over the region, as a fraction of the
+  intensity range. 0 for the same distribution; different real BraTS patients lie
+  0.04-0.15 apart.
+
 Lesion preservation: the maximum absolute difference between each sample and the
 original over the lesion voxels (0 with ``--preserve exact``).
 
@@ -407,3 +425,61 @@ def regions_of(original: np.ndarray, lesion: np.ndarray) -> dict[str, np.ndarray
     """The evaluation regions: 'inside' (the lesion) and 'outside' (foreground minus lesion)."""
     foreground = original > original.min()
     return {"inside": lesion.astype(bool), "outside": foreground & ~lesion.astype(bool)}
+
+
+# ----------------------------------------------------------------------------- realism
+
+HIGH_FREQUENCY_SIGMA = 2.0  # voxels
+
+
+def intensity_range(original: np.ndarray, brain: np.ndarray) -> float:
+    """The 1st-99th percentile range of the original over ``brain`` (intensity units)."""
+    values = np.asarray(original)[brain]
+    if values.size == 0:
+        raise ValueError("the brain region is empty")
+    low, high = np.percentile(values.astype(np.float64), [1.0, 99.0])
+    return float(high - low)
+
+
+def pairwise_mean_abs_difference(
+    samples: Sequence[np.ndarray], region: np.ndarray, scale: float
+) -> PairStats:
+    """Mean |a - b| over ``region`` for every pair, in % of ``scale`` (an intensity range)."""
+    _check_samples(samples, region)
+    if not scale > 0:
+        raise ValueError("the intensity range must be positive")
+    vectors = [np.asarray(s)[region].astype(np.float64) for s in samples]
+    values = [
+        float(np.abs(vectors[i] - vectors[j]).mean() / scale * 100.0)
+        for i in range(len(vectors))
+        for j in range(i + 1, len(vectors))
+    ]
+    return _pair_stats(values)
+
+
+def high_frequency_energy(volume: np.ndarray, region: np.ndarray, sigma: float = HIGH_FREQUENCY_SIGMA) -> float:
+    """Mean (x - G_sigma(x))^2 over ``region``: the energy of detail finer than ~sigma voxels."""
+    volume = np.asarray(volume, dtype=np.float64)
+    detail = volume - ndimage.gaussian_filter(volume, sigma, mode="nearest")
+    return float(np.mean(detail[region] ** 2))
+
+
+def high_frequency_ratio(
+    sample: np.ndarray, original: np.ndarray, region: np.ndarray, sigma: float = HIGH_FREQUENCY_SIGMA
+) -> float:
+    """The RMS of a sample's fine detail over the original's, both over ``region``."""
+    reference = high_frequency_energy(original, region, sigma)
+    if not reference > 0:
+        return float("nan")
+    return float(np.sqrt(high_frequency_energy(sample, region, sigma) / reference))
+
+
+def histogram_distance(sample: np.ndarray, original: np.ndarray, region: np.ndarray, scale: float) -> float:
+    """1-D Wasserstein distance of the intensities over ``region``, as a fraction of ``scale``."""
+    from scipy.stats import wasserstein_distance
+
+    a = np.asarray(sample)[region].astype(np.float64)
+    b = np.asarray(original)[region].astype(np.float64)
+    if a.size == 0:
+        return float("nan")
+    return float(wasserstein_distance(a, b) / scale)

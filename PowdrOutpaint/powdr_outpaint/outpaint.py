@@ -32,10 +32,11 @@ from .preprocess import (
     to_input_grid,
 )
 from .progress import Progress
+from .cascade import coarse_on_fine, denoise_in_blocks
 from .runtime import FastForward, resolve_device
 from .samplers import SAMPLERS, Sampler
 from .stats import RunningStats
-from .transforms import clip_in_image_space, make_condition, wavelet_to_image
+from .transforms import SUBBANDS, clip_in_image_space, make_condition, wavelet_to_image
 from .volume_io import load_volume, save_nifti, stem_of
 
 PRESERVE_MODES = ("exact", "model")
@@ -53,6 +54,7 @@ class OutpaintOptions:
     labels: str | None = None
     preserve: str = "exact"
     precision: str = "auto"
+    refine_steps: int = 10  # DDIM steps of a cascade's refine stage
 
     def validate(self) -> None:
         if self.samples < 1:
@@ -67,6 +69,8 @@ class OutpaintOptions:
             raise PowdrError(f"--preserve must be one of {', '.join(PRESERVE_MODES)}")
         if self.eta < 0:
             raise PowdrError("--eta must be non-negative")
+        if self.refine_steps < 1:
+            raise PowdrError("--refine-steps must be at least 1")
 
 
 def output_names(stem: str, samples: int) -> dict[str, object]:
@@ -100,13 +104,14 @@ def denoise(
 
     Args:
         forward: network call (x (B, 16, ...), t (B,)) -> x0 prediction (B, 8, ...).
-        condition: (B, 8, X, Y, Z) condition subbands.
+        condition: (B, 8, X, Y, Z) condition subbands, (B, 9, X, Y, Z) for a refine stage
+            (the first stage's image appended).
         generators: one per batch element.
     Returns:
         (B, 1, 2X, 2Y, 2Z) images in [-1, 1].
     """
     device = condition.device
-    shape = condition.shape[1:]
+    shape = (SUBBANDS, *condition.shape[2:])  # the condition may carry a first stage's channel too
 
     def noise() -> torch.Tensor:
         return torch.stack([torch.randn(shape, generator=g, device=device) for g in generators])
@@ -130,6 +135,12 @@ class CaseInputs:
     prepared: Prepared
     stem: str
     labels: tuple[int, ...] | None
+    fine: Prepared | None = None  # a cascade's refine-stage grid
+
+    @property
+    def final(self) -> Prepared:
+        """The grid the samples come out on: the refine stage's for a cascade."""
+        return self.fine or self.prepared
 
 
 def load_case(image_path: str | Path, mask_path: str | Path, model: LoadedModel, labels: str | None) -> CaseInputs:
@@ -143,7 +154,8 @@ def load_case(image_path: str | Path, mask_path: str | Path, model: LoadedModel,
         radius_mm = model.config.training.dilate * max(model.config.grid.spacing)
         lesion = dilate_lesion(lesion, image.spacing, radius_mm)
     prepared = prepare(image, lesion, model.config)
-    return CaseInputs(model=model, prepared=prepared, stem=stem_of(image_path), labels=label_tuple)
+    fine = prepare(image, lesion, model.refiner.config) if model.refiner is not None else None
+    return CaseInputs(model=model, prepared=prepared, stem=stem_of(image_path), labels=label_tuple, fine=fine)
 
 
 def _versions() -> dict[str, str]:
@@ -165,7 +177,7 @@ def iter_samples(
     progress: Progress,
     step_times: list[float],
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (index, model-grid image in [-1, 1]) for every sample, batch by batch."""
+    """Yield (index, image in [-1, 1] on ``case.final``'s model grid) for every sample, batch by batch."""
     config = case.model.config
     lll = config.normalisation.lll_scale
     sampler = Sampler(Schedule.from_config(config.diffusion), options.sampler, options.steps, options.eta)
@@ -173,7 +185,9 @@ def iter_samples(
     image = torch.from_numpy(case.prepared.model_image)[None, None].to(device)
     lesion = torch.from_numpy(case.prepared.model_lesion)[None, None].to(device)
     condition_one = make_condition(image, lesion, lll)
-    total = options.samples * sampler.num_steps
+    refiner = Refiner(case, options, device) if case.model.refiner is not None else None
+    steps_per_sample = sampler.num_steps + (refiner.work if refiner else 0)
+    total = options.samples * steps_per_sample
     progress.start_work(total, "sampling")
     done_before = 0
     for first in range(0, options.samples, options.batch_size):
@@ -199,7 +213,54 @@ def iter_samples(
         images = denoise(forward, condition, sampler, generators, lll, on_step)
         done_before += len(indices) * sampler.num_steps
         for offset, index in enumerate(indices):
-            yield index, images[offset, 0].float().cpu().numpy()
+            coarse = images[offset, 0].float().cpu().numpy()
+            if refiner is None:
+                yield index, coarse
+                continue
+
+            def on_refine(done: int, base: int = done_before, number: int = index) -> None:
+                progress.advance(
+                    base + done,
+                    stage="refining",
+                    sample=number + 1,
+                    samples=options.samples,
+                    step=done,
+                    total=refiner.work,
+                    message=f"sample {number + 1} of {options.samples}, detail step {done}/{refiner.work}",
+                )
+
+            yield index, refiner.refine(coarse, sample_generator(options.seed + 1, index, device), on_refine)
+            done_before += refiner.work
+
+
+class Refiner:
+    """A cascade's refine stage for one case: the first stage's image in, a finer image out."""
+
+    def __init__(self, case: CaseInputs, options: OutpaintOptions, device: torch.device):
+        assert case.model.refiner is not None and case.fine is not None
+        self.case, self.device = case, device
+        config = case.model.refiner.config
+        self.config = config
+        self.lll = config.normalisation.lll_scale
+        self.sampler = Sampler(Schedule.from_config(config.diffusion), "ddim", options.refine_steps, 0.0)
+        self.forward = FastForward(case.model.refiner.network, device, options.precision)
+        fine = case.fine
+        image = torch.from_numpy(fine.model_image)[None, None].to(device)
+        lesion = torch.from_numpy(fine.model_lesion)[None, None].to(device)
+        self.lesion_condition = make_condition(image, lesion, self.lll)
+        self.block = tuple(p // 2 for p in config.grid.patch)
+        self.work = self.sampler.num_steps
+
+    def refine(self, coarse: np.ndarray, generator: torch.Generator, on_step: Callable[[int], None]) -> np.ndarray:
+        """(coarse model grid) image in [-1, 1] -> (fine model grid) image in [-1, 1]."""
+        first = coarse_on_fine(coarse, self.case.prepared, self.case.fine)
+        condition = torch.cat(
+            [self.lesion_condition, torch.from_numpy(first)[None, None].to(self.device)], dim=1
+        )
+        images = denoise_in_blocks(
+            self.forward, condition, self.sampler, [generator], self.lll, self.block, on_step
+        )
+        return images[0, 0].float().cpu().numpy()
 
 
 def run_outpaint(
@@ -230,11 +291,12 @@ def run_outpaint(
     names = output_names(case.stem, options.samples)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    prepared = case.prepared
+    prepared = case.final
     image = prepared.image
     progress.stage("preparing", "Preparing the lesion and the blending weights")
     spacing = image.spacing
-    weights = blend_weights(prepared.lesion, spacing, float(max(model.config.grid.spacing)))
+    final_config = model.refiner.config if model.refiner is not None else model.config
+    weights = blend_weights(prepared.lesion, spacing, float(max(final_config.grid.spacing)))
     output_dtype = np.result_type(image.data.dtype, np.float32)
     stats = RunningStats(image.data.shape)
     step_times: list[float] = []

@@ -15,14 +15,26 @@ from .network import NetworkConfig
 
 @dataclass(frozen=True)
 class GridConfig:
-    """The image grid the network works on: shape (voxels) and spacing (mm), RAS axes."""
+    """The image grid the network works on: shape (voxels) and spacing (mm), RAS axes.
+
+    ``patch`` (voxels, empty for none) is the block a patch-trained network was trained on;
+    such a network is run block by block over the grid, so it always sees what it learned on.
+    """
 
     shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
+    patch: tuple[int, ...] = ()
 
     def validate(self, divisor: int) -> None:
         if len(self.shape) != 3 or len(self.spacing) != 3:
             raise ValueError("the model grid needs three sizes and three spacings")
+        if self.patch:
+            step = 2 * divisor
+            if len(self.patch) != 3 or any(p <= 0 or p % step or p > s for p, s in zip(self.patch, self.shape)):
+                raise ValueError(
+                    f"a training patch needs three sizes, each a positive multiple of {step} "
+                    f"and at most the grid's; got {self.patch}"
+                )
         if any(s <= 0 for s in self.spacing):
             raise ValueError("grid spacings must be positive")
         step = 2 * divisor
@@ -40,6 +52,7 @@ class TrainingDefaults:
     batch_size: int = 1
     ema_decay: float = 0.999
     grad_clip: float = 1.0
+    augment: float = 0.0  # probability of warping a training item (see augment.py)
 
 
 @dataclass(frozen=True)
@@ -51,7 +64,13 @@ class Preset:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     training: TrainingDefaults = field(default_factory=TrainingDefaults)
     dilate: int = 0
+    stage: str = "outpaint"  # or "refine": see STAGES
 
+
+#: "outpaint": the network sees [x_t, c] (16 channels) on the whole grid and makes the anatomy.
+#: "refine": the second stage of a cascade; it also sees the first stage's image at half its
+#: resolution (one more channel, on the wavelet grid) and adds the detail that grid cannot hold.
+STAGES = ("outpaint", "refine")
 
 PRESETS: dict[str, Preset] = {
     "paper": Preset(
@@ -94,6 +113,41 @@ PRESETS: dict[str, Preset] = {
         ),
         grid=GridConfig(shape=(64, 64, 48), spacing=(3.6, 3.6, 3.6)),
         training=TrainingDefaults(learning_rate=5e-4, batch_size=2, ema_decay=0.998),
+    ),
+    "refine": Preset(
+        name="refine",
+        description=(
+            "The bundled cascade's second stage: 128x128x96 at 1.8 mm, trained on 64-voxel blocks "
+            "(115 mm), refining a 3.6 mm first stage; base 32, 3 levels, no attention (CPU-sized)."
+        ),
+        network=NetworkConfig(
+            in_channels=17,
+            base_channels=32,
+            channel_mult=(1, 2, 2),
+            num_res_blocks=1,
+            attention_levels=(),
+            head_channels=32,
+            norm_groups=8,
+        ),
+        grid=GridConfig(shape=(128, 128, 96), spacing=(1.8, 1.8, 1.8), patch=(64, 64, 64)),
+        training=TrainingDefaults(learning_rate=5e-4, batch_size=2, ema_decay=0.998, augment=0.8),
+        stage="refine",
+    ),
+    "tiny-refine": Preset(
+        name="tiny-refine",
+        description="A test-sized second stage: base 16, 2 levels, 64x64x48 at 3.6 mm, 32-voxel blocks.",
+        network=NetworkConfig(
+            in_channels=17,
+            base_channels=16,
+            channel_mult=(1, 2),
+            num_res_blocks=1,
+            attention_levels=(),
+            head_channels=16,
+            norm_groups=8,
+        ),
+        grid=GridConfig(shape=(64, 64, 48), spacing=(3.6, 3.6, 3.6), patch=(32, 32, 32)),
+        training=TrainingDefaults(learning_rate=1e-3, batch_size=2, ema_decay=0.9, augment=0.5),
+        stage="refine",
     ),
     "tiny": Preset(
         name="tiny",

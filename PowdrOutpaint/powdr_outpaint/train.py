@@ -41,7 +41,7 @@ from .runtime import FastForward
 from .samplers import Sampler
 from .train_report import Reporter, TrainLog, read_log, stop_requests
 from .train_stream import STREAM_DROPOUT, STREAM_NOISE, StepBatches, TrainingItems, stream_seed
-from .transforms import condition_image, image_to_wavelet, make_condition
+from .transforms import coarse_of, condition_image, degrade_coarse, image_to_wavelet, make_condition
 
 __all__ = ["CONDITIONS", "RunSettings", "TrainOptions", "TrainResult", "read_log", "resolve_settings", "train"]
 
@@ -68,6 +68,8 @@ class RunSettings:
     grad_clip: float
     seed: int
     holdout: int
+    # Added later: runs stored before it resume with the value they trained with (off).
+    augment: float = 0.0
 
 
 @dataclass
@@ -89,6 +91,8 @@ class TrainOptions:
     grad_clip: float | None = None
     seed: int | None = None
     holdout: int | None = None
+    augment: float | None = None
+    init_from: str | None = None
     iterations: int = 200_000
     save_every: int = 1000
     snapshot_every: int = 10_000
@@ -118,6 +122,7 @@ class TrainOptions:
             (self.dilate is None or self.dilate >= 0, "--dilate must be 0 or more"),
             (self.p_random is None or 0.0 <= self.p_random <= 1.0, "--p-random must lie in [0, 1]"),
             (self.holdout is None or self.holdout >= 0, "--holdout must be 0 or more"),
+            (self.augment is None or 0.0 <= self.augment <= 1.0, "--augment must lie in [0, 1]"),
             (self.workers is None or self.workers >= 0, "--workers must be 0 or more"),
             (self.threads is None or self.threads >= 1, "--threads must be at least 1"),
             (self.condition is None or self.condition in CONDITIONS,
@@ -148,9 +153,10 @@ def resolve_settings(options: TrainOptions, stored: dict[str, Any] | None) -> Ru
         "grad_clip": options.grad_clip,
         "seed": options.seed,
         "holdout": options.holdout,
+        "augment": options.augment,
     }
     if stored is not None:
-        settings = RunSettings(**{f.name: stored[f.name] for f in fields(RunSettings)})
+        settings = RunSettings(**{f.name: stored[f.name] for f in fields(RunSettings) if f.name in stored})
         for name, value in explicit.items():
             if value is None:
                 continue
@@ -185,6 +191,7 @@ def resolve_settings(options: TrainOptions, stored: dict[str, Any] | None) -> Ru
         grad_clip=defaults.grad_clip if options.grad_clip is None else options.grad_clip,
         seed=0 if options.seed is None else options.seed,
         holdout=-1 if options.holdout is None else options.holdout,
+        augment=preset.training.augment if options.augment is None else options.augment,
     )
 
 
@@ -341,7 +348,9 @@ class Trainer:
                 "training continues, but not identically to an uninterrupted run"
             )
         store = CaseStore(train_cases)
-        self.items = TrainingItems(store, settings, store.lesion_volumes)
+        self.items = TrainingItems(
+            store, settings, store.lesion_volumes, spacing=self.config.grid.spacing, patch=self.config.grid.patch
+        )
         self.items_per_step = context.world_size * settings.batch_size
         self.preview_case = CaseStore(held_out[:1] or train_cases[:1]).get(0)
 
@@ -352,6 +361,9 @@ class Trainer:
         self.network = OutpaintUNet(self.config.network)
         if state:
             self.network.load_state_dict(state["model"])
+        elif self.options.init_from:
+            payload = {"weights": self._initial_weights(self.options.init_from)}
+            self.network.load_state_dict(payload["weights"])
         self.network.to(self.device)
         self.ema = Ema(self.network, settings.ema_decay, payload["weights"] if payload else None)
         self.optimizer = torch.optim.AdamW(
@@ -370,6 +382,17 @@ class Trainer:
         self.use_bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
         self.schedule = Schedule.from_config(self.config.diffusion)
         self.lll = self.config.normalisation.lll_scale
+
+    def _initial_weights(self, path: str) -> dict[str, torch.Tensor]:
+        """The (EMA) weights of another checkpoint of the same network, to fine-tune from."""
+        config, payload = read_checkpoint(path)
+        if config.network != self.config.network or config.stage != self.config.stage:
+            raise PowdrError(
+                f"--init-from {Path(path).name} holds a {config.preset} network, which differs from the "
+                f"{self.config.preset} network of this run; choose a checkpoint of the same preset"
+            )
+        self.say(f"Starting from the weights of {path} ({config.training.iterations} iterations)")
+        return payload["weights"]
 
     # ----------------------------------------------------------- checkpoints
 
@@ -425,6 +448,9 @@ class Trainer:
         image = torch.from_numpy(case.image)[None, None].to(device)
         lesion = torch.from_numpy(case.lesion)[None, None].to(device)
         condition = make_condition(image, lesion, self.lll)
+        if self.config.stage == "refine":
+            # The preview refines the held-out case's own half-resolution image.
+            condition = torch.cat([condition, coarse_of(image)], dim=1)
         sampler = Sampler(self.schedule, "ddim", min(self.options.preview_steps, self.config.diffusion.timesteps))
         sample = denoise(forward, condition, sampler, [sample_generator(self.settings.seed, 0, device)], self.lll)
         picture = render_preview(
@@ -449,6 +475,9 @@ class Trainer:
         with torch.no_grad():
             target = image_to_wavelet(image, self.lll)
             condition = make_condition(image, mask, self.lll)
+            if self.config.stage == "refine":
+                coarse = degrade_coarse(coarse_of(image), generator)
+                condition = torch.cat([condition, coarse], dim=1)
             noise = torch.randn(target.shape, generator=generator, device=device)
             noisy = self.schedule.q_sample(target, t, noise)
         # Dropout draws from the global stream, reseeded per iteration for exact resumes.

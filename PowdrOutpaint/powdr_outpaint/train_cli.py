@@ -41,6 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="tumor: image x tumour mask (strategy A); random: image x random 6-connected mask "
                             "(strategy B, default); mixed: random with probability --p-random")
     model.add_argument("--p-random", type=float, default=None, help="for --condition mixed (default 0.5)")
+    model.add_argument("--augment", type=float, default=None, metavar="P",
+                       help="warp each training item with probability P: mirror, a few degrees and per cent, "
+                            "a few mm of shift and elastic displacement (default: the preset's)")
+    model.add_argument("--init-from", default=None, metavar="CKPT",
+                       help="start a new run from the weights of a checkpoint of the same preset (fine-tuning)")
     model.add_argument("--dilate", type=int, default=None,
                        help="dilate masks by a ball of this radius in model voxels (default: the preset's)")
 

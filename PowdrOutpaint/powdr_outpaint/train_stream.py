@@ -16,11 +16,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .augment import random_warp, warp, warp_case
 from .data import CaseStore, PreparedCase
 from .masks import dilate, random_mask
 
 # Purposes of the derived random streams (any distinct constants).
-STREAM_ORDER, STREAM_ITEM, STREAM_NOISE, STREAM_DROPOUT = 11, 23, 37, 41
+STREAM_ORDER, STREAM_ITEM, STREAM_NOISE, STREAM_DROPOUT, STREAM_WARP, STREAM_CROP = 11, 23, 37, 41, 53, 59
 
 
 def stream_seed(*parts: int) -> int:
@@ -36,6 +37,7 @@ class MaskSettings(Protocol):
     condition: str
     p_random: float
     dilate: int
+    augment: float
 
 
 class TrainingItems(Dataset):
@@ -46,8 +48,17 @@ class TrainingItems(Dataset):
     the same whichever process, worker or resumed run produces it.
     """
 
-    def __init__(self, store: CaseStore, settings: MaskSettings, target_volumes: np.ndarray):
+    def __init__(
+        self,
+        store: CaseStore,
+        settings: MaskSettings,
+        target_volumes: np.ndarray,
+        spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        patch: tuple[int, ...] = (),
+    ):
         self.store = store
+        self.patch = tuple(int(p) for p in patch)
+        self.spacing = tuple(float(s) for s in spacing)
         self.settings = settings
         self.target_volumes = np.asarray(target_volumes, dtype=np.int64)
         self._orders: dict[int, np.ndarray] = {}
@@ -77,11 +88,56 @@ class TrainingItems(Dataset):
         blob = random_mask(case.foreground, target, rng, depth=case.depth)
         return dilate(blob, settings.dilate)
 
+    def case_for(self, k: int) -> PreparedCase:
+        """The case of item ``k``, warped when the run augments (see augment.py)."""
+        case = self.store.get(self.case_index(k))
+        if self.settings.augment > 0:
+            rng = np.random.default_rng(stream_seed(self.settings.seed, k, STREAM_WARP))
+            if rng.random() < self.settings.augment:
+                case = warp_case(case, random_warp(case.image.shape, self.spacing, rng))
+        return case
+
+    def block_for(self, case: PreparedCase, mask: np.ndarray, k: int) -> tuple[slice, slice, slice]:
+        """Where item ``k``'s training block lies: centred on a brain voxel, or half the time
+        on a voxel of the mask, so blocks with and without a kept region both occur."""
+        rng = np.random.default_rng(stream_seed(self.settings.seed, k, STREAM_CROP))
+        pick = mask if mask.any() and rng.random() < 0.5 else case.foreground
+        voxels = np.flatnonzero(pick)
+        shape = np.array(case.image.shape)
+        size = np.array(self.patch)
+        if voxels.size:
+            centre = np.array(np.unravel_index(voxels[rng.integers(voxels.size)], case.image.shape))
+        else:
+            centre = shape // 2
+        low = np.clip(centre - size // 2, 0, shape - size)
+        return tuple(slice(int(a), int(a + b)) for a, b in zip(low, size))  # type: ignore[return-value]
+
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.patch:
+            image, mask = self.block_item(k)
+        else:
+            case = self.case_for(k)
+            image, mask = case.image, self.mask_for(case, k)
+        image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+        return image, torch.from_numpy(mask.astype(np.float32))[None]
+
+    def block_item(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Item ``k`` of a patch-trained run: one block of a case (image, mask).
+
+        The mask and the block are chosen on the case as it is; a warp, when drawn, is
+        applied to the block alone (about its own centre), which costs a block's worth of
+        interpolation instead of a whole volume's.
+        """
         case = self.store.get(self.case_index(k))
         mask = self.mask_for(case, k)
-        image = torch.from_numpy(np.ascontiguousarray(case.image, dtype=np.float32))[None]
-        return image, torch.from_numpy(mask.astype(np.float32))[None]
+        block = self.block_for(case, mask, k)
+        if self.settings.augment > 0:
+            rng = np.random.default_rng(stream_seed(self.settings.seed, k, STREAM_WARP))
+            if rng.random() < self.settings.augment:
+                coords = random_warp(self.patch, self.spacing, rng)
+                coords += np.array([b.start for b in block], dtype=np.float32)[:, None, None, None]
+                return warp(case.image, coords, 1, -1.0), warp(mask.astype(np.uint8), coords, 0, 0) > 0
+        return case.image[block], mask[block]
 
 
 class StepBatches:

@@ -13,6 +13,9 @@ import torch
 
 from .wavelets import dwt3d, idwt3d
 
+#: Subbands of the 3-D Haar transform: what the network denoises and predicts.
+SUBBANDS = 8
+
 
 def image_to_wavelet(image: torch.Tensor, lll_scale: float) -> torch.Tensor:
     """(B, 1, X, Y, Z) image -> (B, 8, X/2, Y/2, Z/2) scaled subbands."""
@@ -38,3 +41,59 @@ def make_condition(image: torch.Tensor, lesion: torch.Tensor, lll_scale: float) 
 def clip_in_image_space(x0: torch.Tensor, lll_scale: float) -> torch.Tensor:
     """Clamp a predicted x0 to the valid image range [-1, 1] and return its subbands."""
     return image_to_wavelet(wavelet_to_image(x0, lll_scale).clamp_(-1.0, 1.0), lll_scale)
+
+
+# ------------------------------------------------------------------ cascade (refine stage)
+
+#: The first stage's image enters the second stage as one channel on the wavelet grid.
+COARSE_CHANNELS = 1
+
+
+def coarse_of(image: torch.Tensor) -> torch.Tensor:
+    """The image at half resolution: (B, 1, X, Y, Z) -> (B, 1, X/2, Y/2, Z/2) block means.
+
+    This is what a first stage on a grid twice as coarse provides; it is the Haar LLL band
+    divided by 2 * sqrt(2), so it lies in [-1, 1] like the image.
+    """
+    return torch.nn.functional.avg_pool3d(image, 2)
+
+
+def _gaussian_kernel(sigma: float, device: torch.device) -> torch.Tensor:
+    radius = max(1, int(round(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def blur(volume: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (1, 1, X, Y, Z) with ``sigma`` voxels (edges replicated)."""
+    if sigma <= 0:
+        return volume
+    kernel = _gaussian_kernel(sigma, volume.device)
+    radius = (kernel.numel() - 1) // 2
+    out = volume
+    for axis in range(3):
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + axis] = kernel.numel()
+        pad = [0, 0, 0, 0, 0, 0]
+        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
+        out = torch.nn.functional.conv3d(torch.nn.functional.pad(out, pad, mode="replicate"), kernel.view(shape))
+    return out
+
+
+def degrade_coarse(
+    coarse: torch.Tensor, generator: torch.Generator, max_blur: float = 1.0, max_noise: float = 0.03
+) -> torch.Tensor:
+    """A true half-resolution image made as imperfect as a first stage's output.
+
+    Each batch element gets a Gaussian blur of U(0, max_blur) coarse voxels and Gaussian
+    noise of std U(0, max_noise), so the second stage learns to trust the first stage's
+    layout without copying its blur (noise-conditioning augmentation of cascaded diffusion).
+    """
+    out = []
+    for index in range(coarse.shape[0]):
+        draws = torch.rand(2, generator=generator, device=coarse.device)
+        blurred = blur(coarse[index : index + 1], float(draws[0]) * max_blur)
+        noise = torch.randn(blurred.shape, generator=generator, device=coarse.device)
+        out.append(blurred + float(draws[1]) * max_noise * noise)
+    return torch.cat(out).clamp_(-1.0, 1.0)

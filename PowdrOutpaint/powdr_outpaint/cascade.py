@@ -1,0 +1,114 @@
+"""The second stage of a cascade: detail on a finer grid, block by block.
+
+A first ("outpaint") stage makes the anatomy on a coarse grid, where a whole brain fits a
+CPU's budget. The refine stage works on a grid twice as fine. It sees, besides the noisy
+subbands and the kept lesion, the first stage's image on its own wavelet grid (the grid of
+its LLL band, one voxel per 2x2x2 block of fine voxels), and it was trained on blocks of
+``config.grid.patch`` voxels. It therefore runs on overlapping blocks of exactly that size:
+every block's x0 prediction is blended with tent weights into one prediction for the whole
+grid, and the sampler steps the whole grid at once, so blocks cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .preprocess import Prepared, resample
+from .samplers import Sampler
+from .transforms import SUBBANDS, clip_in_image_space, wavelet_to_image
+
+
+def block_starts(size: int, block: int, min_overlap: int) -> list[int]:
+    """Start indices of blocks of ``block`` voxels covering ``size`` with at least ``min_overlap``."""
+    if size <= block:
+        return [0]
+    count = math.ceil((size - block) / max(1, block - min_overlap)) + 1
+    return sorted({int(round(v)) for v in np.linspace(0, size - block, count)})
+
+
+def tent(block: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Separable blending weights of a block: highest in its middle, small but positive at its faces."""
+    weight = torch.ones(block, device=device)
+    for axis, size in enumerate(block):
+        ramp = torch.minimum(torch.arange(size, device=device) + 1.0, size - torch.arange(size, device=device).float())
+        shape = [1, 1, 1]
+        shape[axis] = size
+        weight = weight * ramp.view(shape)
+    return weight
+
+
+def denoise_in_blocks(
+    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    condition: torch.Tensor,
+    sampler: Sampler,
+    generators: list[torch.Generator],
+    lll_scale: float,
+    block: tuple[int, int, int],
+    on_step: Callable[[int], None] | None = None,
+    blocks_per_call: int = 4,
+) -> torch.Tensor:
+    """The reverse process of a patch-trained network on a grid larger than its patch.
+
+    Args:
+        forward: network call (x (N, C, ...), t (N,)) -> x0 (N, 8, ...).
+        condition: (B, 9, X, Y, Z) on the wavelet grid: lesion subbands and the first stage.
+        block: the block on the wavelet grid (half the training patch).
+    Returns:
+        (B, 1, 2X, 2Y, 2Z) images in [-1, 1].
+    """
+    device = condition.device
+    spatial = tuple(condition.shape[2:])
+    starts = [block_starts(s, b, b // 2) for s, b in zip(spatial, block)]
+    corners = [(i, j, k) for i in starts[0] for j in starts[1] for k in starts[2]]
+    weight = tent(block, device)
+    total = torch.zeros(spatial, device=device)
+    for i, j, k in corners:
+        total[i : i + block[0], j : j + block[1], k : k + block[2]] += weight
+    shape = (SUBBANDS, *spatial)
+
+    def noise() -> torch.Tensor:
+        return torch.stack([torch.randn(shape, generator=g, device=device) for g in generators])
+
+    def predict(x: torch.Tensor, t: int) -> torch.Tensor:
+        out = torch.zeros_like(x)
+        inputs = torch.cat([x, condition], dim=1)
+        windows = [
+            (b, (slice(i, i + block[0]), slice(j, j + block[1]), slice(k, k + block[2])))
+            for b in range(x.shape[0])
+            for i, j, k in corners
+        ]
+        for first in range(0, len(windows), blocks_per_call):
+            chunk = windows[first : first + blocks_per_call]
+            batch = torch.stack([inputs[b][(slice(None), *where)] for b, where in chunk])
+            steps = torch.full((len(chunk),), t, device=device, dtype=torch.long)
+            predicted = forward(batch, steps)
+            for (b, where), value in zip(chunk, predicted):
+                out[b][(slice(None), *where)] += value * weight
+        return out / total
+
+    x = noise()
+    for done, index in enumerate(sampler.indices(), start=1):
+        x0 = clip_in_image_space(predict(x, sampler.model_timestep(index)), lll_scale)
+        x = sampler.step(x, index, x0, noise() if sampler.needs_noise(index) else None)
+        if on_step:
+            on_step(done)
+    return wavelet_to_image(x, lll_scale).clamp_(-1.0, 1.0)
+
+
+def coarse_on_fine(coarse_image: np.ndarray, coarse: Prepared, fine: Prepared) -> np.ndarray:
+    """A first-stage image (coarse model grid, [-1, 1]) on the refine stage's wavelet grid.
+
+    The wavelet grid has one voxel at the centre of every 2x2x2 block of the fine grid, so
+    its affine is the fine one with twice the spacing, shifted by half a fine voxel.
+    """
+    fine_affine = fine.model_affine
+    wavelet_affine = fine_affine.copy()
+    wavelet_affine[:3, :3] = fine_affine[:3, :3] * 2.0
+    wavelet_affine[:3, 3] = fine_affine[:3, 3] + 0.5 * fine_affine[:3, :3].sum(axis=1)
+    shape = tuple(s // 2 for s in fine.model_image.shape)
+    to_coarse = np.linalg.solve(coarse.model_affine, wavelet_affine)
+    return resample(coarse_image.astype(np.float32), to_coarse, shape, order=1, cval=-1.0).astype(np.float32)

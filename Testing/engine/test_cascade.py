@@ -1,0 +1,211 @@
+"""Cascades (a first stage and a refine stage in one checkpoint) and training-time warps.
+
+The properties a user relies on: a block-by-block refine stage gives what one pass over the
+whole grid would give; the first stage's image lands where it belongs on the finer grid; a
+joined checkpoint samples on the input's grid with the lesion exact; a refine stage trains
+(its loss falls) on real cases; warped training items stay plausible and reproducible.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from powdr_outpaint.augment import WarpSettings, random_warp, warp_case
+from powdr_outpaint.cascade import block_starts, coarse_on_fine, denoise_in_blocks
+from powdr_outpaint.checkpoint import initial_checkpoint, load_model, save_cascade
+from powdr_outpaint.data import PreparedCase
+from powdr_outpaint.diffusion import Schedule, DiffusionConfig
+from powdr_outpaint.errors import CheckpointError
+from powdr_outpaint.masks import foreground_depth
+from powdr_outpaint.outpaint import denoise, sample_generator
+from powdr_outpaint.preprocess import Prepared
+from powdr_outpaint.samplers import Sampler
+from powdr_outpaint.train import read_log, train
+
+from test_train import brats_or_skip, command, environment, tiny_options
+
+
+# ------------------------------------------------------------------ blocks
+
+
+@pytest.mark.parametrize("size,block", [(64, 32), (48, 32), (32, 32), (24, 32), (100, 32), (33, 16)])
+def test_blocks_cover_the_grid_with_overlap(size, block):
+    starts = block_starts(size, block, block // 2)
+    covered = np.zeros(size, dtype=int)
+    for s in starts:
+        assert 0 <= s and s + min(block, size) <= size
+        covered[s : s + block] += 1
+    assert covered.min() >= 1
+    if size > block:
+        assert all(b - a <= block - block // 2 for a, b in zip(starts, starts[1:]))
+
+
+def test_blockwise_denoising_equals_one_pass_for_a_local_network():
+    """A network whose output at a voxel depends only on that voxel (and t) cannot tell blocks
+    from the whole grid, so the blended block-wise chain must equal the one-pass chain."""
+    torch.manual_seed(0)
+    weights = torch.randn(8, 17) * 0.3
+
+    def local(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        scale = (1.0 + t.float() / 1000.0).view(-1, 1, 1, 1, 1)
+        return torch.tanh(torch.einsum("oc,bcxyz->boxyz", weights, x)) * scale * 0.5
+
+    schedule = Schedule.from_config(DiffusionConfig())
+    condition = torch.rand(2, 9, 24, 20, 16) * 2 - 1
+    sampler = Sampler(schedule, "ddim", 6, 0.0)
+    whole = denoise(local, condition, sampler, [sample_generator(3, i, torch.device("cpu")) for i in range(2)], 3.0)
+    blocks = denoise_in_blocks(
+        local, condition, sampler, [sample_generator(3, i, torch.device("cpu")) for i in range(2)], 3.0, (16, 16, 8)
+    )
+    assert blocks.shape == whole.shape == (2, 1, 48, 40, 32)
+    assert torch.allclose(blocks, whole, atol=1e-5)
+
+
+def _prepared(image: np.ndarray, affine: np.ndarray) -> Prepared:
+    return Prepared(
+        image=None, lesion=None, model_image=image.astype(np.float32), model_lesion=np.zeros(image.shape, bool),
+        model_affine=affine, model_to_input=np.eye(4), low=0.0, high=1.0, background=0.0, exact=True,
+    )
+
+
+def test_first_stage_lands_on_the_block_centres_of_the_finer_grid():
+    """With the coarse grid on the fine grid's 2x2x2 block centres, the first stage's image is
+    handed over unchanged; shifted grids move it by the shift in millimetres."""
+    rng = np.random.default_rng(0)
+    fine_affine = np.diag([1.8, 1.8, 1.8, 1.0])
+    fine_affine[:3, 3] = [-100.0, -120.0, -70.0]
+    coarse_affine = np.diag([3.6, 3.6, 3.6, 1.0])
+    coarse_affine[:3, 3] = fine_affine[:3, 3] + 0.9
+    coarse = rng.uniform(-1, 1, (16, 12, 8)).astype(np.float32)
+    fine = _prepared(np.zeros((32, 24, 16)), fine_affine)
+    handed = coarse_on_fine(coarse, _prepared(coarse, coarse_affine), fine)
+    assert handed.shape == (16, 12, 8)
+    np.testing.assert_allclose(handed, coarse, atol=1e-6)
+    # The coarse grid one coarse voxel further right: what was at index i is now at i - 1.
+    shifted = coarse_affine.copy()
+    shifted[0, 3] -= 3.6
+    moved = coarse_on_fine(coarse, _prepared(coarse, shifted), fine)
+    np.testing.assert_allclose(moved[:-1], coarse[1:], atol=1e-6)
+    assert np.all(moved[-1] == -1.0)  # outside the first stage's grid: background
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+@pytest.fixture(scope="module")
+def cascade_checkpoint(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("cascade")
+    first = initial_checkpoint(folder / "first.pt", "tiny", seed=0)
+    refine = initial_checkpoint(folder / "refine.pt", "tiny-refine", seed=1)
+    return save_cascade(first, refine, folder / "cascade.pt")
+
+
+def test_cascade_checkpoint_loads_both_stages_and_refuses_wrong_joins(cascade_checkpoint, tmp_path):
+    model = load_model(cascade_checkpoint)
+    assert model.config.stage == "outpaint" and model.refiner is not None
+    assert model.refiner.config.stage == "refine" and model.refiner.config.grid.patch == (32, 32, 32)
+    first = tmp_path / "first.pt"
+    refine = tmp_path / "refine.pt"
+    initial_checkpoint(first, "tiny")
+    initial_checkpoint(refine, "tiny-refine")
+    with pytest.raises(CheckpointError, match="not a refine-stage model"):
+        save_cascade(first, first, tmp_path / "x.pt")
+    with pytest.raises(CheckpointError, match="not a single first-stage model"):
+        save_cascade(refine, refine, tmp_path / "x.pt")
+    with pytest.raises(CheckpointError, match="only the refine stage"):
+        load_model(refine)
+    other = tmp_path / "flair.pt"
+    initial_checkpoint(other, "tiny-refine", modality="flair")
+    with pytest.raises(CheckpointError, match="t1 and the refine stage on flair"):
+        save_cascade(first, other, tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_cascade_samples_on_the_input_grid_with_the_lesion_exact(cascade_checkpoint, brats_case, tmp_path):
+    result = subprocess.run(
+        command("sample", "--image", brats_case["image"], "--mask", brats_case["mask"], "--checkpoint",
+                cascade_checkpoint, "--samples", 2, "--steps", 3, "--refine-steps", 2, "--device", "cpu",
+                "--progress", "json", "--out", tmp_path),
+        capture_output=True, text=True, timeout=600, env=environment(),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    original = nib.load(str(brats_case["image"]))
+    lesion = np.asarray(nib.load(str(brats_case["mask"])).dataobj) > 0
+    data = np.asarray(original.dataobj)
+    samples = sorted(tmp_path.glob("*_outpaint_s[0-9]*.nii.gz"))
+    assert len(samples) == 2
+    for path in samples:
+        sample = nib.load(str(path))
+        assert sample.shape == original.shape and np.allclose(sample.affine, original.affine)
+        values = np.asarray(sample.dataobj)
+        assert np.array_equal(values[lesion], data[lesion])
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    work = [e for e in events if e.get("event") == "progress" and e.get("step") is not None]
+    # Both stages report progress, and the bar reaches its end only with the last detail step.
+    assert {e.get("stage") for e in work} >= {"sampling", "refining"}
+    assert work[-1]["fraction"] == 1.0 and work[-1]["stage"] == "refining" and work[-1]["sample"] == 2
+    assert all(e["fraction"] < 1.0 for e in work[:-1])
+
+
+# ------------------------------------------------------------------ training
+
+
+def test_refine_stage_trains_on_real_blocks(tmp_path):
+    folders = brats_or_skip()
+    data = tmp_path / "data"
+    data.mkdir()
+    for folder in folders[:3]:
+        (data / folder.name).symlink_to(folder, target_is_directory=True)
+    options = replace(
+        tiny_options(tmp_path / "run", data, tmp_path / "cache"), preset="tiny-refine", iterations=40, save_every=40
+    )
+    result = train(options)
+    losses = np.array([row["loss"] for row in read_log(tmp_path / "run" / "train_log.csv")])
+    assert result.final_step == 40 and np.all(np.isfinite(losses))
+    assert losses[-10:].mean() < 0.8 * losses[:10].mean()
+
+
+# ------------------------------------------------------------------ warps
+
+
+def _case(shape=(40, 36, 32)) -> PreparedCase:
+    grid = np.indices(shape).astype(np.float32)
+    centre = (np.array(shape) - 1)[:, None, None, None] / 2
+    radius = np.sqrt((((grid - centre) / (np.array(shape)[:, None, None, None] * 0.4)) ** 2).sum(axis=0))
+    foreground = radius < 1.0
+    image = np.where(foreground, np.cos(grid[0] / 3.0) * 0.5, -1.0).astype(np.float32)
+    lesion = foreground & (np.linalg.norm(grid - (centre + np.array([6, 0, 0])[:, None, None, None]), axis=0) < 4)
+    return PreparedCase("synthetic", image, lesion, foreground, foreground_depth(foreground), int(lesion.sum()))
+
+
+def test_warp_without_movement_is_the_identity():
+    case = _case()
+    still = WarpSettings(rotation_deg=0, scale=0, shift_mm=0, elastic_mm=0, mirror=False)
+    coords = random_warp(case.image.shape, (2.0, 2.0, 2.0), np.random.default_rng(0), still)
+    warped = warp_case(case, coords)
+    np.testing.assert_allclose(warped.image, case.image, atol=1e-5)
+    assert np.array_equal(warped.lesion, case.lesion) and np.array_equal(warped.foreground, case.foreground)
+
+
+def test_warps_are_mild_reproducible_and_varied():
+    case = _case()
+    spacing = (3.6, 3.6, 3.6)
+    first = warp_case(case, random_warp(case.image.shape, spacing, np.random.default_rng(5)))
+    again = warp_case(case, random_warp(case.image.shape, spacing, np.random.default_rng(5)))
+    other = warp_case(case, random_warp(case.image.shape, spacing, np.random.default_rng(6)))
+    assert np.array_equal(first.image, again.image)
+    assert not np.array_equal(first.image, other.image)
+    # Mild: the brain keeps its volume within 25 %, the image its range, the lesion survives.
+    for warped in (first, other):
+        assert abs(int(warped.foreground.sum()) / int(case.foreground.sum()) - 1) < 0.25
+        assert warped.image.min() >= -1.0 and warped.image.max() <= 1.0
+        assert warped.lesion.any() and warped.lesion_voxels == int(warped.lesion.sum())
+        assert warped.depth.max() > 0
