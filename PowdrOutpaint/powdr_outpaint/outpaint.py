@@ -341,6 +341,7 @@ def run_outpaint(
         "config": json.loads(model.config.to_json()),
         "options": asdict(options),
         "device": str(device),
+        "precision": FastForward.resolve(options.precision, device),
         "labels": list(case.labels) if case.labels else "all > 0",
         "input_shape": list(image.data.shape),
         "input_affine": image.affine.tolist(),

@@ -49,13 +49,43 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise PowdrError(f"unknown device {name!r}; use auto, cpu or cuda")
 
 
+#: CPU flags (Linux /proc/cpuinfo names) of instruction sets that compute in bf16 natively.
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), read from /proc/cpuinfo.
+
+    Elsewhere (macOS, Windows, CPUs without these) it answers False, and "auto" precision
+    stays fp32: emulated bf16 is slower than fp32 there.
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+                cpuinfo = handle.read()
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        if line.lower().startswith("flags"):
+            flags = set(line.split(":", 1)[-1].split())
+            return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+    return False
+
+
+def auto_precision(device: torch.device) -> str:
+    """"bf16" on CUDA and on CPUs with native bf16; "fp32" elsewhere."""
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
+        return "bf16"
+    return "fp32"
+
+
 class FastForward:
     """Callable wrapper: ``FastForward(net, device)(x, t)`` -> float32 prediction.
 
     Args:
         network: the model (moved to ``device``, put in eval mode, channels-last-3d).
         device: where to run.
-        precision: "auto" (bf16 on CUDA, fp32 on CPU), "fp32" or "bf16".
+        precision: "auto" (see :func:`auto_precision`), "fp32" or "bf16".
         compile: wrap the network in ``torch.compile`` (worth it for long runs only).
     """
 
@@ -63,11 +93,16 @@ class FastForward:
         if precision not in ("auto", "fp32", "bf16"):
             raise PowdrError(f"unknown precision {precision!r}; use auto, fp32 or bf16")
         if precision == "auto":
-            precision = "bf16" if device.type == "cuda" else "fp32"
+            precision = auto_precision(device)
         self.device = device
         self.precision = precision
         self.network = network.eval().to(device=device, memory_format=torch.channels_last_3d)
         self._call = torch.compile(self.network) if compile else self.network
+
+    @staticmethod
+    def resolve(precision: str, device: torch.device) -> str:
+        """The precision ``precision`` means on ``device`` ("auto" resolved)."""
+        return auto_precision(device) if precision == "auto" else precision
 
     def _autocast(self):
         if self.precision == "bf16":

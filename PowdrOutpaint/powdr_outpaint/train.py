@@ -37,7 +37,7 @@ from .outpaint import denoise, sample_generator
 from .preprocess import parse_labels
 from .presets import get_preset
 from .preview import render_preview, save_preview
-from .runtime import FastForward
+from .runtime import FastForward, auto_precision
 from .samplers import Sampler
 from .train_report import Reporter, TrainLog, read_log, stop_requests
 from .train_stream import STREAM_DROPOUT, STREAM_NOISE, StepBatches, TrainingItems, stream_seed
@@ -379,7 +379,7 @@ class Trainer:
         if self.options.compile:
             self.model = torch.compile(self.model)
         precision = self.options.precision
-        self.use_bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+        self.use_bf16 = precision == "bf16" or (precision == "auto" and auto_precision(self.device) == "bf16")
         self.schedule = Schedule.from_config(self.config.diffusion)
         self.lll = self.config.normalisation.lll_scale
 
