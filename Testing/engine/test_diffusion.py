@@ -121,3 +121,76 @@ def test_a_single_step_sampler_returns_the_prediction(schedule, kind):
     assert sampler.indices() == [0] and sampler.model_timestep(0) == 999
     x0 = torch.randn(1, 8, 2, 2, 2, dtype=torch.float64)
     torch.testing.assert_close(sampler.step(torch.randn_like(x0), 0, x0, None), x0)
+
+
+# ------------------------------------------------------------------ DPM-Solver++(2M)
+
+
+def _gaussian_case(schedule, mu=0.3, s=0.5):
+    """Data x0 ~ N(mu, s^2): the exact x0 predictor and the exact probability-flow ODE end point.
+
+    For Gaussian data E[x0 | x_t] = mu + alpha s^2 / (alpha^2 s^2 + sigma^2) (x_t - alpha mu),
+    and the ODE keeps every point's standard score, so a chain started at x_T ends (after the
+    last step's prediction at t = 0) at a known value.
+    """
+    abar = schedule.alphas_cumprod
+
+    def predictor(x, t):
+        alpha, sigma2 = np.sqrt(abar[t]), 1.0 - abar[t]
+        return mu + alpha * s**2 / (alpha**2 * s**2 + sigma2) * (x - alpha * mu)
+
+    def exact(x_top, top, bottom):
+        def spread(t):
+            return np.sqrt(abar[t] * s**2 + 1.0 - abar[t])
+
+        z = (x_top - np.sqrt(abar[top]) * mu) / spread(top)
+        x_bottom = np.sqrt(abar[bottom]) * mu + spread(bottom) * z
+        return predictor(x_bottom, bottom)
+
+    return predictor, exact
+
+
+def _run_chain(schedule, kind, steps, x, predictor):
+    sampler = Sampler(schedule, kind, steps)
+    for index in sampler.indices():
+        x0 = predictor(x, sampler.model_timestep(index))
+        x = sampler.step(x, index, x0, None)
+    return x
+
+
+def test_dpm_solver_reaches_the_exact_ode_end_point_in_few_steps(schedule):
+    """Ten solver steps land closer to the ODE's exact end point than a hundred DDIM steps."""
+    predictor, exact = _gaussian_case(schedule)
+    torch.manual_seed(0)
+    x_top = torch.randn(4096, dtype=torch.float64)
+    target = exact(x_top, 999, 0)
+
+    def error(kind, k):
+        return float((_run_chain(schedule, kind, k, x_top.clone(), predictor) - target).abs().max())
+
+    for k in (10, 40):
+        assert error("dpm++2m", k) < error("ddim", 10 * k)
+    assert error("dpm++2m", 40) < 0.01 and error("dpm++2m", 200) < error("dpm++2m", 40)
+
+
+def test_dpm_solver_steps_are_even_in_log_snr(schedule):
+    from powdr_outpaint.samplers import log_snr_timesteps
+
+    kept = log_snr_timesteps(schedule, 12)
+    assert kept[0] == 0 and kept[-1] == 999 and len(kept) == 12 and np.all(np.diff(kept) > 0)
+    abar = schedule.alphas_cumprod[kept]
+    steps = np.diff(0.5 * np.log(abar / (1 - abar)))
+    sizes = -steps
+    assert np.all(sizes > 0) and sizes.max() / sizes.min() < 1.6  # alike, up to integer rounding
+
+
+def test_dpm_solver_first_step_is_ddim_and_last_returns_the_prediction(schedule):
+    torch.manual_seed(0)
+    xt, x0 = torch.randn(2, 8, 2, 2, 2, dtype=torch.float64), torch.randn(2, 8, 2, 2, 2, dtype=torch.float64)
+    solver, ddim = Sampler(schedule, "dpm++2m", 12), Sampler(schedule, "ddim", 12, eta=0.0)
+    top = solver.num_steps - 1
+    assert not any(solver.needs_noise(i) for i in solver.indices())
+    torch.testing.assert_close(solver.step(xt, top, x0, None), ddim.step(xt, top, x0, None))
+    torch.testing.assert_close(Sampler(schedule, "dpm++2m", 12).step(xt, 0, x0, None), x0)
+    # A new chain forgets the previous one: its first step is DDIM again.
+    torch.testing.assert_close(solver.step(xt, top, x0, None), ddim.step(xt, top, x0, None))
