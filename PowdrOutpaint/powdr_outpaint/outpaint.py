@@ -54,7 +54,7 @@ class OutpaintOptions:
     labels: str | None = None
     preserve: str = "exact"
     precision: str = "auto"
-    refine_steps: int = 10  # DDIM steps of a cascade's refine stage
+    refine_steps: int = 10  # DPM-Solver++(2M) steps of a cascade's refine stage
 
     def validate(self) -> None:
         if self.samples < 1:
@@ -242,7 +242,7 @@ class Refiner:
         config = case.model.refiner.config
         self.config = config
         self.lll = config.normalisation.lll_scale
-        self.sampler = Sampler(Schedule.from_config(config.diffusion), "ddim", options.refine_steps, 0.0)
+        self.sampler = Sampler(Schedule.from_config(config.diffusion), "dpm++2m", options.refine_steps)
         self.forward = FastForward(case.model.refiner.network, device, options.precision)
         fine = case.fine
         image = torch.from_numpy(fine.model_image)[None, None].to(device)

@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--sampler", choices=SAMPLERS, default="ddpm", help="default ddpm (ancestral)")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (default 0)")
     parser.add_argument("--refine-steps", type=int, default=10,
-                        help="DDIM steps of a cascade's refine stage (default 10; ignored for single models)")
+                        help="DPM-Solver++(2M) steps of a cascade's refine stage (default 10; ignored for single models)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--batch-size", type=int, default=1, help="volumes denoised together (default 1)")
