@@ -42,7 +42,7 @@ from .results import PowdrOutpaintResult
 
 __all__ = ["PowdrOutpaintLogic", "SAMPLERS", "DEVICES", "PRESERVE_MODES"]
 
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "dpm++2m")  # the engine's samplers.SAMPLERS
 DEVICES = ("auto", "cuda", "cpu")
 PRESERVE_MODES = ("exact", "model")
 

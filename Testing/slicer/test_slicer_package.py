@@ -216,3 +216,12 @@ def test_default_checkpoint_is_the_bundled_demo_model():
     path = defaultCheckpointPath()
     assert os.path.isfile(path)
     assert os.path.realpath(path) == os.path.realpath(REPOSITORY / "Resources" / "Models" / "powdr_demo_brain_t1.pt")
+
+
+def test_panel_offers_exactly_the_engines_samplers():
+    """The panel's sampler choices are those the worker accepts (a choice it lacked, or one the
+    worker refuses, would only show at run time)."""
+    from PowdrOutpaintLib.logic import SAMPLERS as panel
+    from powdr_outpaint.samplers import SAMPLERS as engine
+
+    assert tuple(panel) == tuple(engine)
