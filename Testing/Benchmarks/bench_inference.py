@@ -1,63 +1,94 @@
-"""Seconds per denoising step and peak memory: plain eager execution vs the engine's.
+"""Seconds per denoising step, peak memory and samples per minute, side by side.
 
-Each configuration runs in its own process (peak RSS is per process), with the same
-thread count, and the table reports medians side by side. Usage::
+Every configuration runs in its own process (peak RSS is per process), with the same thread
+count; the configurations alternate, round after round (fp32, bf16, fp32, bf16, ...), so slow
+phases of a shared machine hit both alike, and the table reports the median over the rounds
+of each process's own median step time. Usage::
 
-    python Testing/Benchmarks/bench_inference.py --threads 2 --repeats 3
+    python Testing/Benchmarks/bench_inference.py --preset demo --shapes 64x64x48 --rounds 3
+    python Testing/Benchmarks/bench_inference.py --preset paper --shapes 128x128x96 --modes plain,fp32,bf16
 
-The plain row is the network run the way reference training code samples: autograd
-enabled, contiguous NCDHW tensors, fp32. The engine row is what ``sample`` uses:
-inference mode and the channels-last-3d layout (plus bf16 autocast on CUDA).
+Modes: ``fp32`` and ``bf16`` are what ``sample`` runs (inference mode, channels-last-3d) at
+that precision; ``plain`` is the network run the way reference training code samples
+(autograd enabled, contiguous NCDHW tensors, fp32); ``compiled`` adds torch.compile to fp32,
+its compile time reported apart. Samples per minute assume ``--steps`` network calls per
+sample (100: the default of ``sample`` with ddpm). Run it on an otherwise idle machine and
+say the date and the machine with the figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import platform
 import re
+import statistics
 import subprocess
 import sys
+import time
+
+MODES = {
+    "plain": ["--plain", "--precision", "fp32"],
+    "fp32": ["--precision", "fp32"],
+    "bf16": ["--precision", "bf16"],
+    "compiled": ["--precision", "fp32", "--compile"],
+}
 
 
-def run(preset: str, shape: list[int], threads: int, repeats: int, plain: bool, device: str, compile: bool) -> dict:
+def run(preset: str, shape: list[int], threads: int, repeats: int, mode: str, device: str) -> dict:
     command = [
         sys.executable, "-m", "powdr_outpaint", "bench", "--preset", preset,
         "--image-shape", *map(str, shape), "--threads", str(threads), "--repeats", str(repeats),
-        "--device", device,
+        "--device", device, *MODES[mode],
     ]
-    if plain:
-        command.append("--plain")
-    if compile:
-        command.append("--compile")
+    started = time.perf_counter()
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    wall = time.perf_counter() - started
     seconds = float(re.search(r"s per step\s+([\d.]+) median", output).group(1))
-    memory = float(re.search(r"peak memory\s+([\d.]+) GiB", output).group(1))
+    memory = re.search(r"peak memory\s+([\d.]+) GiB", output)
     parameters = re.search(r"parameters\s+([\d,]+)", output).group(1)
-    return {"seconds": seconds, "memory": memory, "parameters": parameters}
+    return {"seconds": seconds, "memory": float(memory.group(1)) if memory else float("nan"),
+            "parameters": parameters, "wall": wall}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="paper")
+    parser.add_argument("--preset", default="demo")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per process")
+    parser.add_argument("--rounds", type=int, default=3, help="processes per mode, alternating (at least 3)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--compile", action="store_true", help="add a torch.compile row")
-    parser.add_argument("--shapes", default="64x64x64,128x128x96")
+    parser.add_argument("--modes", default="fp32,bf16")
+    parser.add_argument("--shapes", default="64x64x48")
+    parser.add_argument("--steps", type=int, default=100, help="network calls per sample")
     args = parser.parse_args()
-    print(f"preset {args.preset}, device {args.device}, {args.threads} threads, median of {args.repeats} steps")
-    print(f"{'image':>12} {'mode':>9} {'s/step':>8} {'peak GiB':>9} {'parameters':>12}")
+    modes = [m.strip() for m in args.modes.split(",")]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        parser.error(f"unknown modes {', '.join(sorted(unknown))}; choose from {', '.join(MODES)}")
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}  {platform.processor() or platform.machine()}  "
+          f"preset {args.preset}, device {args.device}, {args.threads} threads, {args.rounds} alternating "
+          f"rounds of {args.repeats} steps per mode")
+    print(f"{'image':>12} {'mode':>9} {'s/step':>8} {'per round':>24} {'peak GiB':>9} {'samples/min':>12}")
     for text in args.shapes.split(","):
         shape = [int(v) for v in text.split("x")]
-        modes = [("plain", True, False), ("engine", False, False)]
-        if args.compile:
-            modes.append(("compiled", False, True))
-        rows = {}
-        for name, plain, compile in modes:
-            rows[name] = run(args.preset, shape, args.threads, args.repeats, plain, args.device, compile)
-            r = rows[name]
-            print(f"{text:>12} {name:>9} {r['seconds']:8.2f} {r['memory']:9.2f} {r['parameters']:>12}", flush=True)
-        ratio = rows["engine"]["seconds"] / rows["plain"]["seconds"]
-        print(f"{text:>12} engine/plain time ratio {ratio:.2f}")
+        results: dict[str, list[dict]] = {mode: [] for mode in modes}
+        for _ in range(args.rounds):
+            for mode in modes:
+                results[mode].append(run(args.preset, shape, args.threads, args.repeats, mode, args.device))
+        medians = {}
+        for mode in modes:
+            times = [r["seconds"] for r in results[mode]]
+            medians[mode] = statistics.median(times)
+            memory = statistics.median(r["memory"] for r in results[mode])
+            per_round = " ".join(f"{t:.3f}" for t in times)
+            print(f"{text:>12} {mode:>9} {medians[mode]:8.3f} {per_round:>24} {memory:9.2f} "
+                  f"{60.0 / (medians[mode] * args.steps):12.2f}", flush=True)
+        if "fp32" in medians and "bf16" in medians:
+            print(f"{text:>12} bf16 / fp32 time ratio {medians['bf16'] / medians['fp32']:.2f}")
+        if "compiled" in medians:
+            compile_cost = statistics.median(r["wall"] for r in results["compiled"]) - statistics.median(
+                r["wall"] for r in results.get("fp32", results["compiled"]))
+            print(f"{text:>12} torch.compile: about {compile_cost:.0f} s more per process (compilation)")
     return 0
 
 
