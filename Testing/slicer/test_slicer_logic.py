@@ -422,10 +422,14 @@ def runBlocked(blocked: set[str], code: str, *arguments: str) -> "subprocess.Com
                           capture_output=True, text=True, timeout=600)
 
 
-def test_model_card_needs_no_torch_and_matches_the_engine(tinyCheckpoint):
+def test_model_card_needs_no_torch_and_matches_the_engine(tinyCheckpoint, tmp_path):
     from PowdrOutpaintLib import defaultCheckpointPath
+    from PowdrOutpaintLib.modelcard import formatModelCard
+    from powdr_outpaint.checkpoint import initial_checkpoint, save_cascade
 
-    checkpoints = [str(tinyCheckpoint), defaultCheckpointPath()]
+    refine = initial_checkpoint(tmp_path / "refine.pt", "tiny-refine")
+    cascade = save_cascade(tinyCheckpoint, refine, tmp_path / "cascade.pt")
+    checkpoints = [str(tinyCheckpoint), defaultCheckpointPath(), str(cascade)]
     completed = runBlocked({"torch"}, "import json\nfrom PowdrOutpaintLib.modelcard import readModelCard\n"
                                       "print(json.dumps([readModelCard(path) for path in sys.argv[1:]]))",
                            *checkpoints)
@@ -436,6 +440,10 @@ def test_model_card_needs_no_torch_and_matches_the_engine(tinyCheckpoint):
         engine = logic.engine.run("info", "--checkpoint", path, "--json", timeout=300)
         assert engine.returncode == 0, engine.stderr
         assert card == json.loads(engine.stdout.strip().splitlines()[-1])
+    # A cascade's card names its detail stage, and the parameters count both stages.
+    text = formatModelCard(cards[-1])
+    assert "Detail stage: 3.6 mm grid" in text
+    assert f"{(cards[-1]['parameters'] + cards[-1]['refine']['parameters']) / 1e6:.2f} M" in text
 
 
 def test_model_card_refuses_code_and_damaged_files(tinyCheckpoint, tmp_path):
