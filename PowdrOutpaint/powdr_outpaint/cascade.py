@@ -112,3 +112,19 @@ def coarse_on_fine(coarse_image: np.ndarray, coarse: Prepared, fine: Prepared) -
     shape = tuple(s // 2 for s in fine.model_image.shape)
     to_coarse = np.linalg.solve(coarse.model_affine, wavelet_affine)
     return resample(coarse_image.astype(np.float32), to_coarse, shape, order=1, cval=-1.0).astype(np.float32)
+
+
+#: A first-stage value at or below this (model range [-1, 1]) is background: nothing there.
+BACKGROUND_LEVEL = -0.99
+
+
+def keep_first_stage_background(refined: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """The refined image (fine grid) with background wherever the first stage put background.
+
+    The first stage decides where the anatomy is; the refine stage adds detail to it and is
+    not asked to redraw the outline: every 2x2x2 block of fine voxels whose first-stage value
+    (``first``, on the wavelet grid) is background becomes background (-1).
+    """
+    empty = first <= BACKGROUND_LEVEL
+    empty_fine = np.repeat(np.repeat(np.repeat(empty, 2, axis=0), 2, axis=1), 2, axis=2)
+    return np.where(empty_fine, np.float32(-1.0), refined).astype(np.float32)

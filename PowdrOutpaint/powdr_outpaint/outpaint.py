@@ -32,7 +32,7 @@ from .preprocess import (
     to_input_grid,
 )
 from .progress import Progress
-from .cascade import coarse_on_fine, denoise_in_blocks
+from .cascade import coarse_on_fine, denoise_in_blocks, keep_first_stage_background
 from .runtime import FastForward, resolve_device
 from .samplers import SAMPLERS, Sampler
 from .stats import RunningStats
@@ -54,7 +54,8 @@ class OutpaintOptions:
     labels: str | None = None
     preserve: str = "exact"
     precision: str = "auto"
-    refine_steps: int = 10  # DPM-Solver++(2M) steps of a cascade's refine stage
+    refine_steps: int = 10  # steps of a cascade's refine stage
+    refine_sampler: str = "dpm++2m"
 
     def validate(self) -> None:
         if self.samples < 1:
@@ -71,6 +72,8 @@ class OutpaintOptions:
             raise PowdrError("--eta must be non-negative")
         if self.refine_steps < 1:
             raise PowdrError("--refine-steps must be at least 1")
+        if self.refine_sampler not in SAMPLERS:
+            raise PowdrError(f"--refine-sampler must be one of {', '.join(SAMPLERS)}")
 
 
 def output_names(stem: str, samples: int) -> dict[str, object]:
@@ -242,7 +245,7 @@ class Refiner:
         config = case.model.refiner.config
         self.config = config
         self.lll = config.normalisation.lll_scale
-        self.sampler = Sampler(Schedule.from_config(config.diffusion), "dpm++2m", options.refine_steps)
+        self.sampler = Sampler(Schedule.from_config(config.diffusion), options.refine_sampler, options.refine_steps)
         self.forward = FastForward(case.model.refiner.network, device, options.precision)
         fine = case.fine
         image = torch.from_numpy(fine.model_image)[None, None].to(device)
@@ -260,7 +263,7 @@ class Refiner:
         images = denoise_in_blocks(
             self.forward, condition, self.sampler, [generator], self.lll, self.block, on_step
         )
-        return images[0, 0].float().cpu().numpy()
+        return keep_first_stage_background(images[0, 0].float().cpu().numpy(), first)
 
 
 def run_outpaint(

@@ -24,8 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, default=100, help="denoising steps K (1..1000, default 100)")
     parser.add_argument("--sampler", choices=SAMPLERS, default="ddpm", help="default ddpm (ancestral)")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (default 0)")
+    parser.add_argument("--refine-sampler", choices=SAMPLERS, default="dpm++2m",
+                        help="sampler of a cascade's refine stage (default dpm++2m)")
     parser.add_argument("--refine-steps", type=int, default=10,
-                        help="DPM-Solver++(2M) steps of a cascade's refine stage (default 10; ignored for single models)")
+                        help="steps of a cascade's refine stage (default 10; ignored for single models)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--batch-size", type=int, default=1, help="volumes denoised together (default 1)")
@@ -52,6 +54,7 @@ def _run(args: argparse.Namespace) -> int:
         preserve=args.preserve,
         precision=args.precision,
         refine_steps=args.refine_steps,
+        refine_sampler=args.refine_sampler,
     )
     progress = Progress(args.progress, min_interval_s=0.2)
     run_outpaint(args.image, args.mask, args.checkpoint, args.out, options, progress)

@@ -209,3 +209,17 @@ def test_warps_are_mild_reproducible_and_varied():
         assert warped.image.min() >= -1.0 and warped.image.max() <= 1.0
         assert warped.lesion.any() and warped.lesion_voxels == int(warped.lesion.sum())
         assert warped.depth.max() > 0
+
+
+def test_refined_image_keeps_the_first_stage_background():
+    """The refine stage adds detail to the anatomy; it never paints where the first stage put
+    nothing, and it is left alone everywhere else."""
+    from powdr_outpaint.cascade import keep_first_stage_background
+
+    rng = np.random.default_rng(0)
+    first = rng.uniform(-1, 1, (6, 5, 4)).astype(np.float32)
+    first[:2] = -1.0
+    refined = rng.uniform(-0.9, 1, (12, 10, 8)).astype(np.float32)
+    kept = keep_first_stage_background(refined, first)
+    assert np.all(kept[:4] == -1.0)
+    np.testing.assert_array_equal(kept[4:], refined[4:])
