@@ -54,7 +54,7 @@ class OutpaintOptions:
     labels: str | None = None
     preserve: str = "exact"
     precision: str = "auto"
-    refine_steps: int = 10  # steps of a cascade's refine stage
+    refine_steps: int = 5  # steps of a cascade's refine stage (5 gave the figures of 10 in 2/3 of the time)
     refine_sampler: str = "dpm++2m"
 
     def validate(self) -> None:

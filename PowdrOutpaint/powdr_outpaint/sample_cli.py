@@ -26,8 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (default 0)")
     parser.add_argument("--refine-sampler", choices=SAMPLERS, default="dpm++2m",
                         help="sampler of a cascade's refine stage (default dpm++2m)")
-    parser.add_argument("--refine-steps", type=int, default=10,
-                        help="steps of a cascade's refine stage (default 10; ignored for single models)")
+    parser.add_argument("--refine-steps", type=int, default=5,
+                        help="steps of a cascade's refine stage (default 5; ignored for single models)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--batch-size", type=int, default=1, help="volumes denoised together (default 1)")
