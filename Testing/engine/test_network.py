@@ -70,7 +70,8 @@ def test_fast_forward_matches_plain_execution():
     t = torch.tensor([1, 2])
     with torch.no_grad():
         plain = net(x, t)
-    fast = FastForward(net, torch.device("cpu"))(x, t)
+    # fp32: the layout and inference mode must not change the numbers (bf16 is tested apart)
+    fast = FastForward(net, torch.device("cpu"), precision="fp32")(x, t)
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
 
 

@@ -116,7 +116,7 @@ def assert_lesion_kept(samples: list[str | Path], image: Path, mask: Path) -> No
         assert np.array_equal(sample[lesion], original[lesion]), path
 
 
-SUBCOMMANDS = ("sample", "init-checkpoint", "info", "strip", "bench", "train", "evaluate", "generate", "export", "demo")
+SUBCOMMANDS = ("sample", "init-checkpoint", "info", "strip", "cascade", "bench", "train", "evaluate", "generate", "export", "demo")
 
 
 # ---------------------------------------------------------------------------------------------

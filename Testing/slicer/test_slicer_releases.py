@@ -127,7 +127,7 @@ def test_ui_bindings_choose_the_right_connectors(release, core):
 
         assert list(bound["lesionNode"].nodeTypes) == ["vtkMRMLSegmentationNode", "vtkMRMLLabelMapVolumeNode"]
         assert list(bound["inputVolume"].nodeTypes) == ["vtkMRMLScalarVolumeNode"]
-        assert bound["sampler"].items == ["ddpm", "ddim"] and bound["device"].items == ["auto", "cuda", "cpu"]
+        assert bound["sampler"].items == ["ddpm", "ddim", "dpm++2m"] and bound["device"].items == ["auto", "cuda", "cpu"]
         assert (bound["numberOfSamples"].minimum, bound["numberOfSamples"].maximum) == (1, 100)
         assert (bound["eta"].minimum, bound["eta"].maximum) == (0.0, 1.0)
 
