@@ -19,7 +19,7 @@ import torch
 
 from .preprocess import Prepared, resample
 from .samplers import Sampler
-from .transforms import SUBBANDS, clip_in_image_space, wavelet_to_image
+from .transforms import SUBBANDS
 
 
 def block_starts(size: int, block: int, min_overlap: int) -> list[int]:
@@ -68,35 +68,28 @@ def denoise_in_blocks(
     total = torch.zeros(spatial, device=device)
     for i, j, k in corners:
         total[i : i + block[0], j : j + block[1], k : k + block[2]] += weight
-    shape = (SUBBANDS, *spatial)
 
-    def noise() -> torch.Tensor:
-        return torch.stack([torch.randn(shape, generator=g, device=device) for g in generators])
-
-    def predict(x: torch.Tensor, t: int) -> torch.Tensor:
-        out = torch.zeros_like(x)
-        inputs = torch.cat([x, condition], dim=1)
+    def blockwise(inputs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network on every block of ``inputs`` (B, 17, X, Y, Z), blended into one x0."""
+        out = torch.zeros((inputs.shape[0], SUBBANDS, *spatial), device=device, dtype=inputs.dtype)
         windows = [
             (b, (slice(i, i + block[0]), slice(j, j + block[1]), slice(k, k + block[2])))
-            for b in range(x.shape[0])
+            for b in range(inputs.shape[0])
             for i, j, k in corners
         ]
         for first in range(0, len(windows), blocks_per_call):
             chunk = windows[first : first + blocks_per_call]
             batch = torch.stack([inputs[b][(slice(None), *where)] for b, where in chunk])
-            steps = torch.full((len(chunk),), t, device=device, dtype=torch.long)
-            predicted = forward(batch, steps)
+            predicted = forward(batch, torch.stack([t[b] for b, _ in chunk]))
             for (b, where), value in zip(chunk, predicted):
                 out[b][(slice(None), *where)] += value * weight
         return out / total
 
-    x = noise()
-    for done, index in enumerate(sampler.indices(), start=1):
-        x0 = clip_in_image_space(predict(x, sampler.model_timestep(index)), lll_scale)
-        x = sampler.step(x, index, x0, noise() if sampler.needs_noise(index) else None)
-        if on_step:
-            on_step(done)
-    return wavelet_to_image(x, lll_scale).clamp_(-1.0, 1.0)
+    # The chain itself is the one-pass chain; only the x0 prediction is block-wise. (Imported
+    # here: outpaint imports this module.)
+    from .outpaint import denoise
+
+    return denoise(blockwise, condition, sampler, generators, lll_scale, on_step)
 
 
 def coarse_on_fine(coarse_image: np.ndarray, coarse: Prepared, fine: Prepared) -> np.ndarray:

@@ -143,8 +143,7 @@ def evaluate(
     outside = regions["outside"]
     reference_hf = m.high_frequency_energy(original, outside)
     for entry, sample in zip(per_sample, samples):
-        hf = m.high_frequency_energy(sample, outside)
-        entry["high_frequency_ratio"] = float(np.sqrt(hf / reference_hf)) if reference_hf > 0 else float("nan")
+        entry["high_frequency_ratio"] = m.high_frequency_ratio(sample, original, outside, reference=reference_hf)
         entry["histogram_distance"] = m.histogram_distance(sample, original, outside, scale)
     realism: dict[str, Any] = {
         "intensity_range": scale,

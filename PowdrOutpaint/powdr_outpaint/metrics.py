@@ -465,10 +465,18 @@ def high_frequency_energy(volume: np.ndarray, region: np.ndarray, sigma: float =
 
 
 def high_frequency_ratio(
-    sample: np.ndarray, original: np.ndarray, region: np.ndarray, sigma: float = HIGH_FREQUENCY_SIGMA
+    sample: np.ndarray,
+    original: np.ndarray,
+    region: np.ndarray,
+    sigma: float = HIGH_FREQUENCY_SIGMA,
+    reference: float | None = None,
 ) -> float:
-    """The RMS of a sample's fine detail over the original's, both over ``region``."""
-    reference = high_frequency_energy(original, region, sigma)
+    """The RMS of a sample's fine detail over the original's, both over ``region``.
+
+    ``reference``: the original's :func:`high_frequency_energy`, when already computed.
+    """
+    if reference is None:
+        reference = high_frequency_energy(original, region, sigma)
     if not reference > 0:
         return float("nan")
     return float(np.sqrt(high_frequency_energy(sample, region, sigma) / reference))
