@@ -80,7 +80,10 @@ def random_warp(
 
 
 def warp(volume: np.ndarray, coords: np.ndarray, order: int, fill: float) -> np.ndarray:
-    """``volume`` sampled at ``coords`` (linear for images, nearest for masks)."""
+    """``volume`` (X, Y, Z), or (S, X, Y, Z) sequences, sampled at ``coords`` (3, ...) (linear for
+    images, nearest for masks)."""
+    if volume.ndim == 4:
+        return np.stack([warp(channel, coords, order, fill) for channel in volume])
     out = ndimage.map_coordinates(volume, coords, order=order, mode="constant", cval=fill, prefilter=False)
     return out.astype(volume.dtype, copy=False)
 

@@ -35,6 +35,8 @@ from .transforms import COARSE_CHANNELS
 FORMAT = "powdr-outpaint-checkpoint"
 FORMAT_VERSION = 1
 STRATEGIES = ("tumor", "random", "mixed", "untrained")
+#: A sequence name becomes part of file names and nnU-Net channel names.
+SEQUENCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 
 
 @dataclass(frozen=True)
@@ -78,17 +80,25 @@ class ModelConfig:
     diffusion: DiffusionConfig
     grid: GridConfig
     normalisation: NormalisationConfig = field(default_factory=NormalisationConfig)
-    modality: str = "t1"
+    modality: str = "t1"  # one sequence, or several in channel order: "t1,t1ce,t2,flair"
     training: TrainingInfo = field(default_factory=TrainingInfo)
     format_version: int = FORMAT_VERSION
     stage: str = "outpaint"  # presets.STAGES
 
+    @property
+    def sequences(self) -> tuple[str, ...]:
+        """The MRI sequences the model makes together, in channel order (one for most models)."""
+        return tuple(self.modality.split(","))
+
     @classmethod
     def from_preset(cls, name: str, modality: str = "t1", training: TrainingInfo | None = None) -> "ModelConfig":
+        """A preset's configuration; several sequences ("t1,t2") multiply its channels."""
         preset = get_preset(name)
+        count = len(modality.split(","))
+        coarse = COARSE_CHANNELS if preset.stage == "refine" else 0
         return cls(
             preset=preset.name,
-            network=preset.network,
+            network=replace(preset.network, in_channels=(16 + coarse) * count, out_channels=8 * count),
             diffusion=preset.diffusion,
             grid=preset.grid,
             modality=modality,
@@ -104,16 +114,22 @@ class ModelConfig:
         self.training.validate()
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {', '.join(STAGES)}")
-        expected = 16 + (COARSE_CHANNELS if self.stage == "refine" else 0)
-        if self.network.in_channels != expected or self.network.out_channels != 8:
+        if not isinstance(self.modality, str) or not all(SEQUENCE_NAME.match(n) for n in self.sequences):
+            raise ValueError("modality must name one sequence or several, comma-separated (t1,t1ce,t2,flair)")
+        if len(set(self.sequences)) != len(self.sequences):
+            raise ValueError(f"modality names a sequence twice ({self.modality})")
+        count = len(self.sequences)
+        expected = (16 + (COARSE_CHANNELS if self.stage == "refine" else 0)) * count
+        if self.network.in_channels != expected or self.network.out_channels != 8 * count:
             raise ValueError(
-                f"a {self.stage} network must take {expected} channels (noisy + condition subbands"
-                f"{' + the first stage' if self.stage == 'refine' else ''}) and return 8"
+                f"a {self.stage} network of {count} sequence{'s' if count > 1 else ''} must take {expected} "
+                f"channels (noisy + condition subbands{' + the first stage' if self.stage == 'refine' else ''}) "
+                f"and return {8 * count}"
             )
         if self.stage == "refine" and not self.grid.patch:
             raise ValueError("a refine network needs the training patch size in its grid")
-        if not self.modality or not isinstance(self.modality, str):
-            raise ValueError("modality must be a non-empty string")
+        if self.stage == "refine" and count > 1:
+            raise ValueError("a refine stage (cascade) works on one sequence; several are not supported yet")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -158,6 +174,7 @@ class ModelConfig:
         return {
             "preset": self.preset,
             "modality": self.modality,
+            "sequences": list(self.sequences),
             "grid": {"shape": list(self.grid.shape), "spacing_mm": list(self.grid.spacing)},
             "training": asdict(self.training),
             "network": {

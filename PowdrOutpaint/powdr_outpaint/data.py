@@ -3,7 +3,10 @@
 A case is an image and its tumour mask. Cases come from a folder in BraTS layout
 (2018-2021: ``CASE/CASE_t1.nii.gz`` + ``CASE/CASE_seg.nii.gz``; 2023 and later:
 ``CASE/CASE-t1n.nii.gz`` + ``CASE/CASE-seg.nii.gz``) or from a CSV file with
-``image`` and ``mask`` columns. Every case is mapped onto the preset's model grid
+``image`` and ``mask`` columns. A model of several sequences (``t1,t1ce,t2,flair``)
+reads one file per sequence: ``CASE_t1ce.nii.gz`` ... in a BraTS folder, one column
+per sequence (named like the sequence) in a CSV; a case missing one is skipped with
+the reason. Every case is mapped onto the preset's model grid
 with the same preprocessing as sampling, and the result is cached on disk in a
 ``.npz`` file keyed by the SHA-256 of both files, the model grid, the
 normalisation, the labels and the dilation, so later epochs and later runs never
@@ -11,7 +14,8 @@ read the NIfTI files again. A case that cannot be used is listed with the reason
 and skipped (the reason is cached too, so it is not re-read on every run).
 
 Arrays of a prepared case are on the model grid (X, Y, Z): image float32 in
-[-1, 1], lesion and foreground bool, depth uint8 (voxels to the background).
+[-1, 1] ((S, X, Y, Z) for S > 1 sequences, each normalised by its own percentiles),
+lesion and foreground bool, depth uint8 (voxels to the background).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from .preprocess import lesion_on_image_grid, prepare, resample
 from .volume_io import NIFTI_SUFFIXES, load_volume, stem_of
 
 # Bump when the cached arrays change meaning, so old cache files are not reused.
-CACHE_VERSION = 2
+CACHE_VERSION = 2  # multi-sequence cases add their sequences to the key instead
 
 # The same four sequences under their 2018-2021 and 2023+ names.
 MODALITY_GROUPS: tuple[tuple[str, str], ...] = (("t1", "t1n"), ("t1ce", "t1c"), ("t2", "t2w"), ("flair", "t2f"))
@@ -55,6 +59,11 @@ class CaseFiles:
     name: str
     image: Path
     mask: Path
+    others: tuple[Path, ...] = ()  # the images of the second and later sequences, in model order
+
+    @property
+    def images(self) -> tuple[Path, ...]:
+        return (self.image, *self.others)
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,17 @@ class PreparedCase:
     foreground: np.ndarray
     depth: np.ndarray
     lesion_voxels: int
+
+
+def split_sequences(modality: str) -> tuple[str, ...]:
+    """'t1,T2' -> ('t1', 't2'); each must be a known name (see MODALITIES), none twice."""
+    names = tuple(part.strip().lower() for part in str(modality).split(","))
+    for name in names:
+        modality_aliases(name)
+    groups = [modality_aliases(name) for name in names]
+    if len(set(groups)) != len(groups):
+        raise PowdrError(f"--modality names a sequence twice ({modality})")
+    return names
 
 
 def modality_aliases(modality: str) -> tuple[str, ...]:
@@ -99,16 +119,18 @@ def _find_file(folder: Path, case: str, suffixes: Iterable[str]) -> Path | None:
 
 def _brats_case(folder: Path, modality: str) -> CaseFiles | SkippedCase:
     name = folder.name
-    image = _find_file(folder, name, modality_aliases(modality))
+    sequences = split_sequences(modality)
+    images = [_find_file(folder, name, modality_aliases(sequence)) for sequence in sequences]
     mask = _find_file(folder, name, SEGMENTATION_NAMES)
-    if image is None:
-        return SkippedCase(name, f"no {modality} image ({name}_{modality}.nii.gz or similar)")
+    missing = [sequence for sequence, image in zip(sequences, images) if image is None]
+    if missing:
+        return SkippedCase(name, f"no {' or '.join(missing)} image ({name}_{missing[0]}.nii.gz or similar)")
     if mask is None:
         return SkippedCase(name, f"no segmentation ({name}_seg.nii.gz or {name}-seg.nii.gz)")
-    return CaseFiles(name, image, mask)
+    return CaseFiles(name, images[0], mask, tuple(images[1:]))  # type: ignore[arg-type]
 
 
-def _csv_cases(path: Path) -> tuple[list[CaseFiles], list[SkippedCase]]:
+def _csv_cases(path: Path, sequences: tuple[str, ...] = ("t1",)) -> tuple[list[CaseFiles], list[SkippedCase]]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
@@ -116,32 +138,44 @@ def _csv_cases(path: Path) -> tuple[list[CaseFiles], list[SkippedCase]]:
             fields = [(f or "").strip().lower() for f in (reader.fieldnames or [])]
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise PowdrError(f"the case list {path.name} could not be read ({error})") from None
-    if "image" not in fields or "mask" not in fields:
-        raise PowdrError(f"the case list {path.name} needs a header with 'image' and 'mask' columns")
+    # One sequence: an 'image' column. Several: one column per sequence, named like it
+    # (or one of its aliases: t1n for t1, t2f for flair, ...).
+    columns = ["image"] if len(sequences) == 1 and "image" in fields else [
+        next((alias for alias in modality_aliases(s) if alias in fields), s) for s in sequences
+    ]
+    if "mask" not in fields or any(column not in fields for column in columns):
+        wanted = "'image' and 'mask'" if len(sequences) == 1 else ", ".join(f"'{s}'" for s in sequences) + " and 'mask'"
+        raise PowdrError(f"the case list {path.name} needs a header with {wanted} columns")
     cases: list[CaseFiles] = []
     skipped: list[SkippedCase] = []
     seen: dict[str, int] = {}
     for number, row in enumerate(rows, start=2):
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
-        if not row.get("image") or not row.get("mask"):
-            skipped.append(SkippedCase(f"line {number}", "empty image or mask entry"))
+        empty = [c for c in (*columns, "mask") if not row.get(c)]
+        if empty:
+            skipped.append(SkippedCase(f"line {number}", f"empty {' and '.join(empty)} entry"))
             continue
-        image = Path(row["image"]).expanduser()
-        mask = Path(row["mask"]).expanduser()
-        image = image if image.is_absolute() else path.parent / image
-        mask = mask if mask.is_absolute() else path.parent / mask
+
+        def resolve(text: str) -> Path:
+            file = Path(text).expanduser()
+            return file if file.is_absolute() else path.parent / file
+
+        images = [resolve(row[c]) for c in columns]
+        image = images[0]
+        mask = resolve(row["mask"])
         name = row.get("name") or stem_of(image)
         # Names label cache files and logs, so keep them unique.
         count = seen.get(name, 0)
         seen[name] = count + 1
         if count:
             name = f"{name}~{count}"
-        if not image.is_file():
-            skipped.append(SkippedCase(name, f"the image {image} does not exist"))
+        absent = [file for file in images if not file.is_file()]
+        if absent:
+            skipped.append(SkippedCase(name, f"the image {absent[0]} does not exist"))
         elif not mask.is_file():
             skipped.append(SkippedCase(name, f"the mask {mask} does not exist"))
         else:
-            cases.append(CaseFiles(name, image, mask))
+            cases.append(CaseFiles(name, image, mask, tuple(images[1:])))
     return cases, skipped
 
 
@@ -152,13 +186,13 @@ def discover_cases(source: str | os.PathLike, modality: str = "t1") -> tuple[lis
     itself one case (holding CASE_t1.nii.gz and CASE_seg.nii.gz) counts as one case.
     """
     source = Path(source).expanduser()
-    modality_aliases(modality)
+    sequences = split_sequences(modality)
     if not source.exists():
         raise PowdrError(f"the training data {source} does not exist")
     if source.is_file():
         if source.suffix.lower() != ".csv":
             raise PowdrError(f"--data must be a folder of cases or a .csv list; got the file {source.name}")
-        return _csv_cases(source)
+        return _csv_cases(source, sequences)
     own = _brats_case(source, modality)
     folders = sorted((p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
     if isinstance(own, CaseFiles) and not folders:
@@ -195,6 +229,9 @@ def cache_key(files: CaseFiles, settings: PrepareSettings) -> str:
     material = dict(settings.key_material())
     material["image_sha256"] = file_sha256(files.image)
     material["mask_sha256"] = file_sha256(files.mask)
+    if files.others:
+        material["sequences"] = list(settings.config.sequences)
+        material["other_sha256"] = [file_sha256(other) for other in files.others]
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
@@ -212,6 +249,9 @@ def model_foreground(data: np.ndarray, model_to_input: np.ndarray, lesion: np.nd
 
 def prepare_case(files: CaseFiles, settings: PrepareSettings) -> PreparedCase:
     """Read one case and map it onto the model grid; PowdrError with the reason if unusable."""
+    sequences = settings.config.sequences
+    if len(files.images) != len(sequences):
+        raise PowdrError(f"the case has {len(files.images)} images but the model {len(sequences)} sequences")
     image = load_volume(files.image, "image")
     mask = load_volume(files.mask, "mask")
     if mask.data.shape != image.data.shape and np.allclose(mask.affine, image.affine, atol=1e-4):
@@ -220,9 +260,18 @@ def prepare_case(files: CaseFiles, settings: PrepareSettings) -> PreparedCase:
     prepared = prepare(image, lesion, settings.config)
     model_lesion = prepared.model_lesion
     foreground = model_foreground(image.data, prepared.model_to_input, model_lesion)
+    model_image = prepared.model_image.astype(np.float32)
+    if files.others:
+        # Every sequence on the grid placed on the first one, each from its own file and grid.
+        channels = [model_image]
+        for name, path in zip(sequences[1:], files.others):
+            other = load_volume(path, f"{name} image")
+            other_lesion = lesion_on_image_grid(mask, other, settings.labels)
+            channels.append(prepare(other, other_lesion, settings.config, prepared.model_affine).model_image)
+        model_image = np.stack(channels).astype(np.float32)
     return PreparedCase(
         name=files.name,
-        image=prepared.model_image.astype(np.float32),
+        image=model_image,
         lesion=dilate(model_lesion, settings.dilate),
         foreground=foreground,
         depth=foreground_depth(foreground),
@@ -264,7 +313,7 @@ class CaseCache:
                 foreground=case.foreground,
                 depth=case.depth,
                 lesion_voxels=np.int64(case.lesion_voxels),
-                grid_shape=np.array(case.image.shape, dtype=np.int64),
+                grid_shape=np.array(case.lesion.shape, dtype=np.int64),
             ),
         )
         return path

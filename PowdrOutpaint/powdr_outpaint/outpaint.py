@@ -10,9 +10,9 @@ import json
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping, Union
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from .runtime import FastForward, resolve_device
 from .samplers import SAMPLERS, Sampler
 from .stats import RunningStats
 from .transforms import SUBBANDS, clip_in_image_space, make_condition, wavelet_to_image
-from .volume_io import load_volume, save_nifti, stem_of
+from .volume_io import Volume, load_volume, save_nifti, stem_of
 
 PRESERVE_MODES = ("exact", "model")
 
@@ -102,19 +102,20 @@ def denoise(
     generators: list[torch.Generator],
     lll_scale: float,
     on_step: Callable[[int], None] | None = None,
+    sequences: int = 1,
 ) -> torch.Tensor:
     """Run the reverse process for a batch.
 
     Args:
-        forward: network call (x (B, 16, ...), t (B,)) -> x0 prediction (B, 8, ...).
-        condition: (B, 8, X, Y, Z) condition subbands, (B, 9, X, Y, Z) for a refine stage
-            (the first stage's image appended).
+        forward: network call (x (B, 16 S, ...), t (B,)) -> x0 prediction (B, 8 S, ...).
+        condition: (B, 8 S, X, Y, Z) condition subbands of S sequences, (B, 9, X, Y, Z) for a
+            refine stage (the first stage's image appended).
         generators: one per batch element.
     Returns:
-        (B, 1, 2X, 2Y, 2Z) images in [-1, 1].
+        (B, S, 2X, 2Y, 2Z) images in [-1, 1].
     """
     device = condition.device
-    shape = (SUBBANDS, *condition.shape[2:])  # the condition may carry a first stage's channel too
+    shape = (SUBBANDS * sequences, *condition.shape[2:])  # a refine condition also carries the first stage
 
     def noise() -> torch.Tensor:
         return torch.stack([torch.randn(shape, generator=g, device=device) for g in generators])
@@ -130,35 +131,134 @@ def denoise(
     return wavelet_to_image(x, lll_scale).clamp_(-1.0, 1.0)
 
 
+ImageInput = Union[str, Path, Mapping[str, Union[str, Path]]]
+
+
 @dataclass
 class CaseInputs:
-    """Validated inputs of one case, ready for sampling."""
+    """Validated inputs of one case, ready for sampling.
+
+    ``per_sequence`` holds one Prepared per sequence of the model, in the checkpoint's order,
+    all on the same model grid (placed on the first sequence); each keeps its own input grid.
+    """
 
     model: LoadedModel
-    prepared: Prepared
-    stem: str
+    per_sequence: list[Prepared]
+    stems: list[str]
     labels: tuple[int, ...] | None
     fine: Prepared | None = None  # a cascade's refine-stage grid
+    paths: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the user should know (grids that differ)
+
+    @property
+    def prepared(self) -> Prepared:
+        """The first sequence (the only one of a single-sequence model)."""
+        return self.per_sequence[0]
+
+    @property
+    def stem(self) -> str:
+        return self.stems[0]
 
     @property
     def final(self) -> Prepared:
         """The grid the samples come out on: the refine stage's for a cascade."""
         return self.fine or self.prepared
 
+    @property
+    def model_images(self) -> np.ndarray:
+        """(S, X, Y, Z) the sequences on the model grid, in [-1, 1]."""
+        return np.stack([p.model_image for p in self.per_sequence])
 
-def load_case(image_path: str | Path, mask_path: str | Path, model: LoadedModel, labels: str | None) -> CaseInputs:
-    """Read and check everything before anything is written."""
+
+def sequence_stem(path: str | Path, sequence: str) -> str:
+    """The file-name stem of one sequence's outputs: the image's stem, ending in the sequence's name."""
+    stem = stem_of(path)
+    lowered = stem.lower()
+    if lowered == sequence.lower() or lowered.endswith((f"_{sequence.lower()}", f"-{sequence.lower()}")):
+        return stem
+    return f"{stem}_{sequence}"
+
+
+def image_paths(images: ImageInput, sequences: tuple[str, ...]) -> list[Path]:
+    """One path per sequence of the model, in its order; a clear error for anything missing or extra."""
+    if not isinstance(images, Mapping):
+        if len(sequences) > 1:
+            raise PowdrError(
+                f"this model makes {len(sequences)} sequences together; give one image for each: "
+                + " ".join(f"--image {name}=FILE" for name in sequences)
+            )
+        return [Path(images)]
+    given = {str(k).lower(): Path(v) for k, v in images.items()}
+    wanted = [name.lower() for name in sequences]
+    missing = [name for name in sequences if name.lower() not in given]
+    extra = sorted(set(given) - set(wanted))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"no image for {', '.join(missing)}")
+        if extra:
+            parts.append(f"{', '.join(extra)} is not one of its sequences")
+        raise PowdrError(
+            f"this model expects {', '.join(sequences)} ({'; '.join(parts)}); give "
+            + " ".join(f"--image {name}=FILE" for name in sequences)
+        )
+    return [given[name] for name in wanted]
+
+
+def _grid_text(volume: Volume) -> str:
+    shape = "x".join(str(s) for s in volume.data.shape)
+    return f"{shape} voxels of {' x '.join(f'{s:.3g}' for s in volume.spacing)} mm"
+
+
+def load_case(images: ImageInput, mask_path: str | Path, model: LoadedModel, labels: str | None) -> CaseInputs:
+    """Read and check everything before anything is written.
+
+    ``images`` is one path (single-sequence models) or {sequence name: path}.
+    """
+    sequences = model.config.sequences
+    paths = image_paths(images, sequences)
     label_tuple = parse_labels(labels)
-    image = load_volume(image_path, "image")
     mask = load_volume(mask_path, "mask")
-    lesion = lesion_on_image_grid(mask, image, label_tuple)
-    if model.config.training.dilate:
-        # Models trained on dilated masks (the knee preset) see the same margin at sampling time.
-        radius_mm = model.config.training.dilate * max(model.config.grid.spacing)
-        lesion = dilate_lesion(lesion, image.spacing, radius_mm)
-    prepared = prepare(image, lesion, model.config)
-    fine = prepare(image, lesion, model.refiner.config) if model.refiner is not None else None
-    return CaseInputs(model=model, prepared=prepared, stem=stem_of(image_path), labels=label_tuple, fine=fine)
+    per_sequence: list[Prepared] = []
+    notes: list[str] = []
+    first_image: Volume | None = None
+    for name, path in zip(sequences, paths):
+        what = "image" if len(sequences) == 1 else f"{name} image"
+        image = load_volume(path, what)
+        lesion = lesion_on_image_grid(mask, image, label_tuple)
+        if model.config.training.dilate:
+            # Models trained on dilated masks (the knee preset) see the same margin at sampling time.
+            radius_mm = model.config.training.dilate * max(model.config.grid.spacing)
+            lesion = dilate_lesion(lesion, image.spacing, radius_mm)
+        if first_image is None:
+            first_image = image
+            prepared = prepare(image, lesion, model.config)
+        else:
+            same = image.data.shape == first_image.data.shape and np.allclose(
+                image.affine, first_image.affine, atol=1e-4
+            )
+            if not same:
+                notes.append(
+                    f"the {name} image ({_grid_text(image)}) is not on the {sequences[0]} image's grid "
+                    f"({_grid_text(first_image)}); it is resampled onto the model grid from its own grid "
+                    "and its outputs come back on its own grid"
+                )
+            prepared = prepare(image, lesion, model.config, per_sequence[0].model_affine)
+            if not (prepared.model_image > -1.0).any():
+                raise PowdrError(
+                    f"the {name} image does not overlap the {sequences[0]} image in physical space "
+                    "(check that all sequences come from the same case and keep their orientation)"
+                )
+        per_sequence.append(prepared)
+    fine = None
+    if model.refiner is not None:
+        fine = prepare(per_sequence[0].image, per_sequence[0].lesion, model.refiner.config)
+    stems = [stem_of(paths[0])] if len(sequences) == 1 else [sequence_stem(p, n) for n, p in zip(sequences, paths)]
+    if len(set(stems)) != len(stems):
+        raise PowdrError("two sequences' images have the same file name; their outputs would overwrite each other")
+    return CaseInputs(
+        model=model, per_sequence=per_sequence, stems=stems, labels=label_tuple, fine=fine, paths=paths, notes=notes
+    )
 
 
 def _versions() -> dict[str, str]:
@@ -180,14 +280,15 @@ def iter_samples(
     progress: Progress,
     step_times: list[float],
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (index, image in [-1, 1] on ``case.final``'s model grid) for every sample, batch by batch."""
+    """Yield (index, (S, X, Y, Z) images in [-1, 1] on ``case.final``'s model grid), batch by batch."""
     config = case.model.config
     lll = config.normalisation.lll_scale
     sampler = Sampler(Schedule.from_config(config.diffusion), options.sampler, options.steps, options.eta)
     forward = FastForward(case.model.network, device, options.precision)
-    image = torch.from_numpy(case.prepared.model_image)[None, None].to(device)
+    image = torch.from_numpy(case.model_images)[None].to(device)
     lesion = torch.from_numpy(case.prepared.model_lesion)[None, None].to(device)
     condition_one = make_condition(image, lesion, lll)
+    count = len(case.per_sequence)
     refiner = Refiner(case, options, device) if case.model.refiner is not None else None
     steps_per_sample = sampler.num_steps + (refiner.work if refiner else 0)
     total = options.samples * steps_per_sample
@@ -213,13 +314,13 @@ def iter_samples(
                 message=f"sample {batch[0] + 1}-{batch[-1] + 1} of {options.samples}, step {done}/{sampler.num_steps}",
             )
 
-        images = denoise(forward, condition, sampler, generators, lll, on_step)
+        images = denoise(forward, condition, sampler, generators, lll, on_step, sequences=count)
         done_before += len(indices) * sampler.num_steps
         for offset, index in enumerate(indices):
-            coarse = images[offset, 0].float().cpu().numpy()
             if refiner is None:
-                yield index, coarse
+                yield index, images[offset].float().cpu().numpy()
                 continue
+            coarse = images[offset, 0].float().cpu().numpy()
 
             def on_refine(done: int, base: int = done_before, number: int = index) -> None:
                 progress.advance(
@@ -232,7 +333,7 @@ def iter_samples(
                     message=f"sample {number + 1} of {options.samples}, detail step {done}/{refiner.work}",
                 )
 
-            yield index, refiner.refine(coarse, sample_generator(options.seed + 1, index, device), on_refine)
+            yield index, refiner.refine(coarse, sample_generator(options.seed + 1, index, device), on_refine)[None]
             done_before += refiner.work
 
 
@@ -267,7 +368,7 @@ class Refiner:
 
 
 def run_outpaint(
-    image_path: str | Path,
+    image_path: ImageInput,
     mask_path: str | Path,
     checkpoint_path: str | Path,
     out_dir: str | Path,
@@ -276,7 +377,9 @@ def run_outpaint(
 ) -> dict[str, object]:
     """Outpaint one case and write its outputs; returns the metadata written to JSON.
 
-    Nothing is written to ``out_dir`` unless every input is valid.
+    ``image_path`` is one image, or {sequence: image} for a model of several sequences; every
+    sequence gets its own samples, mean, std and lesion on its own input grid. Nothing is
+    written to ``out_dir`` unless every input is valid.
     """
     progress = progress or Progress("none")
     options.validate()
@@ -286,58 +389,72 @@ def run_outpaint(
     device = resolve_device(options.device)
     model = load_model(checkpoint_path, "cpu")
     case = load_case(image_path, mask_path, model, options.labels)
+    for note in case.notes:
+        progress.stage("loading", note[0].upper() + note[1:])
     timings["load_s"] = time.perf_counter() - started
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise PowdrError(f"--out {out_dir} exists and is not a folder")
-    names = output_names(case.stem, options.samples)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    prepared = case.final
-    image = prepared.image
-    progress.stage("preparing", "Preparing the lesion and the blending weights")
-    spacing = image.spacing
+    # One target per sequence: its own input grid (the refine stage's grid for a cascade).
+    targets = [case.final] if model.refiner is not None else case.per_sequence
+    names = [output_names(stem, options.samples) for stem in case.stems]
     final_config = model.refiner.config if model.refiner is not None else model.config
-    weights = blend_weights(prepared.lesion, spacing, float(max(final_config.grid.spacing)))
-    output_dtype = np.result_type(image.data.dtype, np.float32)
-    stats = RunningStats(image.data.shape)
+    progress.stage("preparing", "Preparing the lesion and the blending weights")
+    weights = [blend_weights(t.lesion, t.image.spacing, float(max(final_config.grid.spacing))) for t in targets]
+    dtypes = [np.result_type(t.image.data.dtype, np.float32) for t in targets]
+    stats = [RunningStats(t.image.data.shape) for t in targets]
     step_times: list[float] = []
-    written: list[str] = []
+    written: list[list[str]] = [[] for _ in targets]
 
     progress.stage("sampling", f"Sampling {options.samples} volumes with {options.steps} {options.sampler} steps")
     sampling_started = time.perf_counter()
     writing_s = 0.0
-    for index, model_image in iter_samples(case, options, device, progress, step_times):
+    for index, model_images in iter_samples(case, options, device, progress, step_times):
         write_started = time.perf_counter()
-        synthetic = to_input_grid(model_image, prepared)
-        if options.preserve == "exact":
-            synthetic = preserve_lesion(synthetic, prepared, weights)
-        volume = synthetic.astype(output_dtype)
-        stats.add(volume.astype(np.float64))
-        path = save_nifti(out_dir / names["samples"][index], volume, image.affine, image.header)
-        written.append(str(path))
+        for k, target in enumerate(targets):
+            synthetic = to_input_grid(model_images[k], target)
+            if options.preserve == "exact":
+                synthetic = preserve_lesion(synthetic, target, weights[k])
+            volume = synthetic.astype(dtypes[k])
+            stats[k].add(volume.astype(np.float64))
+            image = target.image
+            path = save_nifti(out_dir / names[k]["samples"][index], volume, image.affine, image.header)
+            written[k].append(str(path))
         writing_s += time.perf_counter() - write_started
     timings["sampling_s"] = time.perf_counter() - sampling_started - writing_s
 
     progress.stage("writing", "Writing the mean, std and lesion maps")
     write_started = time.perf_counter()
-    mean_path = save_nifti(out_dir / names["mean"], stats.mean.astype(np.float32), image.affine, image.header)
-    std_path = save_nifti(out_dir / names["std"], stats.std().astype(np.float32), image.affine, image.header)
-    lesion_path = save_nifti(out_dir / names["lesion"], prepared.lesion.astype(np.uint8), image.affine, image.header)
+    per_sequence_outputs = []
+    for k, target in enumerate(targets):
+        image = target.image
+        per_sequence_outputs.append(
+            {
+                "samples": written[k],
+                "mean": str(save_nifti(out_dir / names[k]["mean"], stats[k].mean.astype(np.float32), image.affine,
+                                       image.header)),
+                "std": str(save_nifti(out_dir / names[k]["std"], stats[k].std().astype(np.float32), image.affine,
+                                      image.header)),
+                "lesion": str(save_nifti(out_dir / names[k]["lesion"], target.lesion.astype(np.uint8), image.affine,
+                                         image.header)),
+                "metadata": str(out_dir / names[k]["metadata"]),
+            }
+        )
     timings["writing_s"] = writing_s + time.perf_counter() - write_started
     timings["total_s"] = time.perf_counter() - started
     timings["seconds_per_step_median"] = statistics.median(step_times) if step_times else 0.0
 
-    outputs = {
-        "samples": written,
-        "mean": str(mean_path),
-        "std": str(std_path),
-        "lesion": str(lesion_path),
-        "metadata": str(out_dir / names["metadata"]),
-    }
+    sequences = model.config.sequences
+    if len(sequences) == 1:
+        outputs: dict[str, object] = per_sequence_outputs[0]
+    else:
+        outputs = {"sequences": dict(zip(sequences, per_sequence_outputs))}
+    first = targets[0]
     metadata = {
-        "image": str(Path(image_path).resolve()),
+        "image": str(case.paths[0].resolve()),
         "mask": str(Path(mask_path).resolve()),
         "checkpoint": str(Path(checkpoint_path).resolve()),
         "checkpoint_sha256": model.sha256,
@@ -346,18 +463,35 @@ def run_outpaint(
         "device": str(device),
         "precision": FastForward.resolve(options.precision, device),
         "labels": list(case.labels) if case.labels else "all > 0",
-        "input_shape": list(image.data.shape),
-        "input_affine": image.affine.tolist(),
-        "model_affine": prepared.model_affine.tolist(),
-        "grid_exact": prepared.exact,
-        "intensity_percentiles": [prepared.low, prepared.high],
-        "lesion_voxels": int(prepared.lesion.sum()),
+        "input_shape": list(first.image.data.shape),
+        "input_affine": first.image.affine.tolist(),
+        "model_affine": first.model_affine.tolist(),
+        "grid_exact": first.exact,
+        "intensity_percentiles": [first.low, first.high],
+        "lesion_voxels": int(first.lesion.sum()),
         "outputs": outputs,
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "versions": _versions(),
     }
-    temporary = out_dir / f".{names['metadata']}.part"
-    temporary.write_text(json.dumps(metadata, indent=2))
-    temporary.replace(out_dir / names["metadata"])
-    progress.done(outputs, f"Wrote {len(written)} samples, mean and std to {out_dir} in {timings['total_s']:.1f} s")
+    if len(sequences) > 1:
+        metadata["sequences"] = {
+            name: {
+                "image": str(path.resolve()),
+                "input_shape": list(target.image.data.shape),
+                "grid_exact": target.exact,
+                "intensity_percentiles": [target.low, target.high],
+                "lesion_voxels": int(target.lesion.sum()),
+            }
+            for name, path, target in zip(sequences, case.paths, targets)
+        }
+        metadata["notes"] = case.notes
+    for k, name in enumerate(sequences):
+        # Every sequence's stem gets the run's metadata, so each can be evaluated on its own.
+        own = dict(metadata, sequence=name) if len(sequences) > 1 else metadata
+        temporary = out_dir / f".{names[k]['metadata']}.part"
+        temporary.write_text(json.dumps(own, indent=2))
+        temporary.replace(out_dir / names[k]["metadata"])
+    count = len(written[0])
+    what = "samples, mean and std" if len(sequences) == 1 else f"samples, mean and std of {', '.join(sequences)}"
+    progress.done(outputs, f"Wrote {count} {what} to {out_dir} in {timings['total_s']:.1f} s")
     return metadata

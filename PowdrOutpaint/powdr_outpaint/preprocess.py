@@ -186,8 +186,14 @@ def denormalise(model: np.ndarray, low: float, high: float, background: float) -
     return np.where(fraction < BACKGROUND_FRACTION, background, values)
 
 
-def prepare(image: Volume, lesion: np.ndarray, config: ModelConfig) -> Prepared:
-    """Map an image and its lesion (on the image grid) onto the model grid."""
+def prepare(
+    image: Volume, lesion: np.ndarray, config: ModelConfig, model_affine: np.ndarray | None = None
+) -> Prepared:
+    """Map an image and its lesion (on the image grid) onto the model grid.
+
+    ``model_affine`` places the model grid (another sequence of the same case was placed
+    first); None plans it from this image and lesion.
+    """
     check_image(image)
     data = image.data
     background = float(data.min())
@@ -197,7 +203,8 @@ def prepare(image: Volume, lesion: np.ndarray, config: ModelConfig) -> Prepared:
     if not high > low:
         raise PowdrError("the image has no intensity contrast in its foreground (percentiles coincide)")
 
-    model_affine = plan_model_grid(image, lesion, config)
+    if model_affine is None:
+        model_affine = plan_model_grid(image, lesion, config)
     model_to_input = np.linalg.solve(image.affine, model_affine)
     shape = config.grid.shape
     exact = _is_grid_exact(model_to_input[:3, :3], model_to_input[:3, 3])

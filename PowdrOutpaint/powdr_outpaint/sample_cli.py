@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from .checkpoint import SEQUENCE_NAME
 from .cli import command_help
+from .errors import PowdrError
 from .outpaint import PRESERVE_MODES, OutpaintOptions, run_outpaint
 from .progress import Progress
 from .samplers import SAMPLERS
@@ -16,7 +19,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=command_help("sample"),
         description="Synthesise N volumes around a kept lesion. Outputs are on the input's grid.",
     )
-    parser.add_argument("--image", required=True, help="MRI volume (.nii, .nii.gz or .nrrd)")
+    parser.add_argument(
+        "--image", required=True, action="append", metavar="[SEQUENCE=]FILE",
+        help="MRI volume (.nii, .nii.gz or .nrrd); for a model of several sequences one per sequence, "
+        "e.g. --image t1=A.nii.gz --image t1ce=B.nii.gz --image t2=C.nii.gz --image flair=D.nii.gz",
+    )
     parser.add_argument("--mask", required=True, help="lesion mask or label map (any grid; resampled if needed)")
     parser.add_argument("--checkpoint", required=True, help="model checkpoint (.pt)")
     parser.add_argument("--out", required=True, help="output folder")
@@ -57,5 +64,25 @@ def _run(args: argparse.Namespace) -> int:
         refine_sampler=args.refine_sampler,
     )
     progress = Progress(args.progress, min_interval_s=0.2)
-    run_outpaint(args.image, args.mask, args.checkpoint, args.out, options, progress)
+    run_outpaint(parse_images(args.image), args.mask, args.checkpoint, args.out, options, progress)
     return 0
+
+
+def parse_images(values: list[str]) -> str | dict[str, str]:
+    """``--image`` values -> one path, or {sequence: path} when they are given as SEQUENCE=FILE."""
+    named: dict[str, str] = {}
+    plain: list[str] = []
+    for value in values:
+        name, separator, path = value.partition("=")
+        if separator and SEQUENCE_NAME.match(name) and not Path(value).exists():
+            if name.lower() in named:
+                raise PowdrError(f"--image names {name} twice")
+            named[name.lower()] = path
+        else:
+            plain.append(value)
+    if plain and (named or len(plain) > 1):
+        raise PowdrError(
+            "give several images as SEQUENCE=FILE, one --image per sequence (e.g. --image t1=A.nii.gz "
+            "--image flair=B.nii.gz)"
+        )
+    return plain[0] if plain else named

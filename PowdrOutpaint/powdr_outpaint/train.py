@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from .bench import format_gib, peak_rss_gib
 from .checkpoint import ModelConfig, TrainingInfo, read_checkpoint, save_checkpoint
-from .data import CachedCase, CaseStore, PrepareSettings, SkippedCase, discover_cases, modality_aliases, prepare_all
+from .data import CachedCase, CaseStore, PrepareSettings, SkippedCase, discover_cases, prepare_all, split_sequences
 from .diffusion import Schedule, x0_loss
 from .distributed import DistributedContext, setup
 from .errors import PowdrError
@@ -134,14 +134,14 @@ class TrainOptions:
             if not ok:
                 raise PowdrError(message)
         if self.modality is not None:
-            modality_aliases(self.modality)
+            split_sequences(self.modality)
 
 
 def resolve_settings(options: TrainOptions, stored: dict[str, Any] | None) -> RunSettings:
     """Fill unset options from the resumed run, else from the preset; refuse changes on resume."""
     explicit = {
         "preset": options.preset,
-        "modality": options.modality,
+        "modality": None if options.modality is None else ",".join(split_sequences(options.modality)),
         "labels": options.labels,
         "condition": options.condition,
         "p_random": options.p_random,
@@ -179,7 +179,7 @@ def resolve_settings(options: TrainOptions, stored: dict[str, Any] | None) -> Ru
     defaults = preset.training
     return RunSettings(
         preset=preset.name,
-        modality=(options.modality or "t1").lower(),
+        modality=",".join(split_sequences(options.modality or "t1")),
         labels=_labels_text(options.labels),
         condition=condition,
         p_random={"tumor": 0.0, "random": 1.0}.get(condition, 0.5 if options.p_random is None else options.p_random),
@@ -302,6 +302,10 @@ class Trainer:
         self.start_step = int(self.state["step"]) if self.state else 0
         self.reporter = Reporter(options.progress, self.main, self.start_step, options.iterations)
         self.config = ModelConfig.from_preset(settings.preset, modality=settings.modality)
+        try:
+            self.config.validate()
+        except ValueError as error:
+            raise PowdrError(f"--preset {settings.preset} with --modality {settings.modality}: {error}") from None
         self.workers = options.workers if options.workers is not None else (2 if self.device.type == "cuda" else 0)
         if self.main:
             out.mkdir(parents=True, exist_ok=True)
@@ -445,18 +449,20 @@ class Trainer:
         case, device = self.preview_case, self.device
         self.preview_net.load_state_dict(self.ema.shadow)
         forward = FastForward(self.preview_net, device)
-        image = torch.from_numpy(case.image)[None, None].to(device)
+        image = torch.from_numpy(case.image if case.image.ndim == 4 else case.image[None])[None].to(device)
         lesion = torch.from_numpy(case.lesion)[None, None].to(device)
         condition = make_condition(image, lesion, self.lll)
         if self.config.stage == "refine":
             # The preview refines the held-out case's own half-resolution image.
             condition = torch.cat([condition, coarse_of(image)], dim=1)
         sampler = Sampler(self.schedule, "ddim", min(self.options.preview_steps, self.config.diffusion.timesteps))
-        sample = denoise(forward, condition, sampler, [sample_generator(self.settings.seed, 0, device)], self.lll)
+        generators = [sample_generator(self.settings.seed, 0, device)]
+        sample = denoise(forward, condition, sampler, generators, self.lll, sequences=image.shape[1])
+        # The first sequence is shown; it is the one a single-sequence model has.
         picture = render_preview(
             condition_image(image, lesion)[0, 0].float().cpu().numpy(),
             sample[0, 0].float().cpu().numpy(),
-            case.image,
+            image[0, 0].float().cpu().numpy(),
             case.lesion,
             title=f"step {step}  case {case.name}",
         )
@@ -465,7 +471,7 @@ class Trainer:
     # ------------------------------------------------------------------ loop
 
     def iteration(self, step: int, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """One optimiser step on a batch (image, mask: (B, 1, X, Y, Z)); returns the loss."""
+        """One optimiser step on a batch (image (B, S, X, Y, Z), mask (B, 1, X, Y, Z)); returns the loss."""
         settings, device = self.settings, self.device
         image = image.to(device, non_blocking=True)
         mask = mask.to(device, non_blocking=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 
 from .cli import command_help
-from .data import MODALITIES
 from .presets import PRESETS
 from .train import CONDITIONS, TrainOptions, train
 
@@ -25,9 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     data = parser.add_argument_group("data")
     data.add_argument("--data", help="folder of cases (CASE/CASE_t1.nii.gz + CASE_seg.nii.gz, or the "
-                                     "2023 names CASE-t1n.nii.gz + CASE-seg.nii.gz) or a CSV with image,mask columns")
-    data.add_argument("--modality", choices=MODALITIES, default=None,
-                      help="which image of a BraTS case (default t1; t1/t1n, t1ce/t1c, t2/t2w, flair/t2f are the same)")
+                                     "2023 names CASE-t1n.nii.gz + CASE-seg.nii.gz) or a CSV with image,mask columns (or one column per sequence)")
+    data.add_argument("--modality", "--sequences", dest="modality", default=None, metavar="NAME[,NAME...]",
+                      help="which image(s) of a BraTS case (default t1; t1/t1n, t1ce/t1c, t2/t2w, flair/t2f are the "
+                           "same); several, e.g. t1,t1ce,t2,flair, train one model that makes them together (a CSV "
+                           "then needs one column per sequence)")
     data.add_argument("--labels", default=None, help="tumour labels, e.g. 1,2,4 (default: all > 0)")
     data.add_argument("--holdout", type=int, default=None,
                       help="cases held out for previews (default 1 with 8 or more cases, else 0)")

@@ -94,7 +94,7 @@ class TrainingItems(Dataset):
         if self.settings.augment > 0:
             rng = np.random.default_rng(stream_seed(self.settings.seed, k, STREAM_WARP))
             if rng.random() < self.settings.augment:
-                case = warp_case(case, random_warp(case.image.shape, self.spacing, rng))
+                case = warp_case(case, random_warp(case.lesion.shape, self.spacing, rng))
         return case
 
     def block_for(self, case: PreparedCase, mask: np.ndarray, k: int) -> tuple[slice, slice, slice]:
@@ -103,10 +103,10 @@ class TrainingItems(Dataset):
         rng = np.random.default_rng(stream_seed(self.settings.seed, k, STREAM_CROP))
         pick = mask if mask.any() and rng.random() < 0.5 else case.foreground
         voxels = np.flatnonzero(pick)
-        shape = np.array(case.image.shape)
+        shape = np.array(case.lesion.shape)
         size = np.array(self.patch)
         if voxels.size:
-            centre = np.array(np.unravel_index(voxels[rng.integers(voxels.size)], case.image.shape))
+            centre = np.array(np.unravel_index(voxels[rng.integers(voxels.size)], case.lesion.shape))
         else:
             centre = shape // 2
         low = np.clip(centre - size // 2, 0, shape - size)
@@ -118,8 +118,9 @@ class TrainingItems(Dataset):
         else:
             case = self.case_for(k)
             image, mask = case.image, self.mask_for(case, k)
-        image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
-        return image, torch.from_numpy(mask.astype(np.float32))[None]
+        image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+        # (S, X, Y, Z) for several sequences, (X, Y, Z) for one: always channels first.
+        return image if image.dim() == 4 else image[None], torch.from_numpy(mask.astype(np.float32))[None]
 
     def block_item(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Item ``k`` of a patch-trained run: one block of a case (image, mask).
@@ -137,7 +138,7 @@ class TrainingItems(Dataset):
                 coords = random_warp(self.patch, self.spacing, rng)
                 coords += np.array([b.start for b in block], dtype=np.float32)[:, None, None, None]
                 return warp(case.image, coords, 1, -1.0), warp(mask.astype(np.uint8), coords, 0, 0) > 0
-        return case.image[block], mask[block]
+        return case.image[(..., *block)], mask[block]
 
 
 class StepBatches:

@@ -5,6 +5,10 @@ target, with the LLL band divided by ``lll_scale`` (the orthonormal LLL band spa
 2*sqrt(2) times the image range, so dividing by 3 brings every band near [-1, 1]).
 The condition is the wavelet transform of the lesion-only image: the [0, 1]
 intensity inside the lesion and 0 elsewhere, so "no information" is 0.
+
+A model of S sequences sees S image channels; their subbands are band-major
+(the S LLL bands first, then the S LLH bands, ...), as :func:`wavelets.dwt3d`
+lays them out, so the first S channels are the scaled LLL bands.
 """
 
 from __future__ import annotations
@@ -18,23 +22,25 @@ SUBBANDS = 8
 
 
 def image_to_wavelet(image: torch.Tensor, lll_scale: float) -> torch.Tensor:
-    """(B, 1, X, Y, Z) image -> (B, 8, X/2, Y/2, Z/2) scaled subbands."""
+    """(B, S, X, Y, Z) image of S sequences -> (B, 8 S, X/2, Y/2, Z/2) scaled subbands."""
     coefficients = dwt3d(image)
-    return torch.cat([coefficients[:, :1] / lll_scale, coefficients[:, 1:]], dim=1)
+    count = image.shape[1]
+    return torch.cat([coefficients[:, :count] / lll_scale, coefficients[:, count:]], dim=1)
 
 
 def wavelet_to_image(coefficients: torch.Tensor, lll_scale: float) -> torch.Tensor:
-    """Inverse of :func:`image_to_wavelet`."""
-    return idwt3d(torch.cat([coefficients[:, :1] * lll_scale, coefficients[:, 1:]], dim=1))
+    """Inverse of :func:`image_to_wavelet`: (B, 8 S, X, Y, Z) -> (B, S, 2X, 2Y, 2Z)."""
+    count = coefficients.shape[1] // SUBBANDS
+    return idwt3d(torch.cat([coefficients[:, :count] * lll_scale, coefficients[:, count:]], dim=1))
 
 
 def condition_image(image: torch.Tensor, lesion: torch.Tensor) -> torch.Tensor:
-    """The lesion-only image in [0, 1]: ((y + 1) / 2) * mask, shapes (B, 1, X, Y, Z)."""
+    """The lesion-only image in [0, 1]: ((y + 1) / 2) * mask; (B, S, X, Y, Z) and (B, 1, X, Y, Z)."""
     return (image + 1.0) * 0.5 * lesion.to(image.dtype)
 
 
 def make_condition(image: torch.Tensor, lesion: torch.Tensor, lll_scale: float) -> torch.Tensor:
-    """Condition subbands c = DWT(y * mask): (B, 1, X, Y, Z) -> (B, 8, X/2, Y/2, Z/2)."""
+    """Condition subbands c = DWT(y * mask): (B, S, X, Y, Z) -> (B, 8 S, X/2, Y/2, Z/2)."""
     return image_to_wavelet(condition_image(image, lesion), lll_scale)
 
 
