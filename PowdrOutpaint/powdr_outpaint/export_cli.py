@@ -19,7 +19,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Collect every run under --from (a 'generate' output folder or a 'sample' output folder) "
             "into OUT/DatasetDDD_NAME with imagesTr, labelsTr and dataset.json. Label files keep the "
-            "original label values unless --label-values consecutive is given."
+            "original label values unless --label-values consecutive is given. Runs of a checkpoint of "
+            "several sequences (e.g. t1,t1ce,t2,flair) become multi-channel cases (CASE_0000 ... CASE_0003 "
+            "in the checkpoint's order). nnU-Net needs every channel of a case on one grid: a sequence "
+            "whose files are on another grid is resampled onto the first sequence's grid (linear "
+            "interpolation), and the command says which."
         ),
     )
     parser.add_argument("--from", dest="source", required=True, help="folder of outpainted runs")
@@ -27,13 +31,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dataset-id", type=int, required=True, help="nnU-Net dataset number, 1..999")
     parser.add_argument("--name", required=True, help="dataset name, e.g. BrainOutpaint")
     parser.add_argument("--out", required=True, help="the nnU-Net raw folder (nnUNet_raw)")
-    parser.add_argument("--with-real", action="store_true", help="add each case's real image beside its synthetic ones")
+    parser.add_argument("--with-real", action="store_true",
+                        help="add each case's real image (every sequence of it) beside its synthetic ones")
     parser.add_argument("--label-values", choices=LABEL_VALUE_MODES, default="original",
                         help="original: keep the values (e.g. 0,1,2,4); consecutive: map them to 0,1,2,... "
                              "as nnU-Net v2's integrity check requires")
     parser.add_argument("--label-names", default=None,
                         help="names for dataset.json, e.g. 1=necrosis,2=edema,4=enhancing")
-    parser.add_argument("--channel-name", default=None, help="channel 0's name (default: the checkpoint's modality)")
+    parser.add_argument("--channel-name", default=None,
+                        help="channel names for dataset.json: one, or one per sequence comma-separated, e.g. "
+                             "T1,T1CE,T2,FLAIR (default: the checkpoint's sequences in capitals)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export of the same dataset")
     parser.add_argument("--progress", choices=("text", "json", "none"), default="text")
     parser.set_defaults(func=_run)
@@ -58,11 +65,15 @@ def _run(args: argparse.Namespace) -> int:
         payload = {k: v for k, v in result.items() if k != "mapping"}
         print(json.dumps({"event": "done", **payload, "consecutive_labels": consecutive}), flush=True)
     else:
+        channels = result["channel_names"]
         print(
             f"wrote {result['numTraining']} training cases ({result['synthetic']} synthetic, {result['real']} real) "
-            f"to {result['folder']}; labels {result['labels']}",
+            f"to {result['folder']}; labels {result['labels']}"
+            + (f"; {len(channels)} channels {', '.join(channels)}" if len(channels) > 1 else ""),
             file=sys.stderr, flush=True,
         )
+        for note in result["notes"]:
+            print(f"note: {note}", file=sys.stderr, flush=True)
         if not consecutive:
             print(
                 f"note: the label values {exported} are not consecutive; nnU-Net v2's integrity check needs "

@@ -11,6 +11,17 @@ A case is complete when its ``STEM_outpaint.json`` exists; a new run skips it. T
 label map keeps the original label values (e.g. BraTS 0, 1, 2, 4); with ``--labels``,
 labels that were not kept (and so were outpainted) become 0.
 
+A model of several sequences (checkpoint modality ``t1,t1ce,t2,flair``) needs one image
+per sequence and case. In a case folder each is found by its name: a file whose name
+(without extension) is the sequence or ends in ``_SEQ`` / ``-SEQ`` for the sequence or
+one of its BraTS aliases (``CASE_t1ce.nii.gz``, ``CASE-t1c.nii.gz``; ``_t1`` never
+matches ``_t1ce``). In a CSV, one column per sequence, named like it or an alias
+(``t1,t1ce,t2,flair,mask[,case]``). Every sequence then has its own ``STEM`` (the
+image's stem, ending in the sequence's name) and files on its own input grid; the label
+map is written once, on the first sequence's grid, under the first sequence's stem; the
+case is complete when every sequence's JSON exists. A case missing a sequence fails with
+a sentence naming it, and the run goes on with the others.
+
 Under ``torchrun`` (RANK and WORLD_SIZE in the environment) rank r takes cases
 r, r + W, r + 2W, ... of the sorted list; each case's seed depends on its name only,
 so the split and resuming do not change the results.
@@ -33,8 +44,9 @@ from typing import Any, TextIO
 import numpy as np
 
 from .checkpoint import read_checkpoint
+from .data import modality_aliases
 from .errors import PowdrError
-from .outpaint import OutpaintOptions, output_names, run_outpaint
+from .outpaint import OutpaintOptions, output_names, run_outpaint, sequence_stem
 from .preprocess import parse_labels, resample
 from .progress import Progress
 from .volume_io import NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, load_volume, save_nifti, stem_of
@@ -46,11 +58,35 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 @dataclass(frozen=True)
 class Case:
-    """One input case: a name (used as its output folder), an image and its label map."""
+    """One input case: a name (used as its output folder), its image(s) and its label map.
+
+    For a model of several sequences, ``sequences`` names them in the checkpoint's order
+    and ``images`` holds one path per sequence (None where none was found); ``image`` is
+    the first sequence's (or, when that is missing, where it was looked for). ``problem``
+    says in one sentence why the case cannot be run (a sequence missing); such a case is
+    reported as failed without being read.
+    """
 
     name: str
     image: Path
     mask: Path
+    sequences: tuple[str, ...] = ()
+    images: tuple[Path | None, ...] = ()
+    problem: str | None = None
+
+    @property
+    def inputs(self) -> Path | dict[str, Path]:
+        """What ``run_outpaint`` takes: the image, or {sequence: image} for several sequences."""
+        if not self.sequences:
+            return self.image
+        return {name: path for name, path in zip(self.sequences, self.images) if path is not None}
+
+    @property
+    def stems(self) -> list[str]:
+        """The output file stems, one per sequence (the first names the label map)."""
+        if not self.sequences:
+            return [stem_of(self.image)]
+        return [sequence_stem(path or self.image, name) for name, path in zip(self.sequences, self.images)]
 
 
 def _is_image_file(path: Path) -> bool:
@@ -69,7 +105,55 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatch(name.lower(), pattern.lower()) for pattern in patterns)
 
 
-def _cases_from_folder(folder: Path, image_glob: str, mask_globs: tuple[str, ...]) -> list[Case]:
+def sequence_names(sequence: str) -> tuple[str, ...]:
+    """The lower-case names a sequence's files may carry: its BraTS aliases, or itself."""
+    try:
+        return modality_aliases(sequence)
+    except PowdrError:  # a sequence BraTS does not know (e.g. "dwi") goes by its own name only
+        return (sequence.lower(),)
+
+
+def names_sequence(path: Path, sequence: str) -> bool:
+    """True if the file's stem is the sequence or ends in ``_SEQ`` or ``-SEQ`` (or an alias).
+
+    A whole-word match, so ``CASE_t1ce.nii.gz`` is not a t1 image.
+    """
+    stem = stem_of(path).lower()
+    return any(stem == alias or stem.endswith((f"_{alias}", f"-{alias}")) for alias in sequence_names(sequence))
+
+
+def _missing_sentence(case: str, missing: list[str]) -> str:
+    examples = ", ".join(f"{case}_{name}.nii.gz" for name in missing)
+    aliases = [alias for name in missing for alias in sequence_names(name) if alias != name.lower()]
+    also = f"; the names {', '.join(aliases)} count too" if aliases else ""
+    images = "image" if len(missing) == 1 else "images"
+    return f"the case {case} has no {' and '.join(missing)} {images} (looked for files named like {examples}{also})"
+
+
+def _sequence_case(sub: Path, files: list[Path], mask: Path, sequences: tuple[str, ...]) -> Case:
+    """A case folder of a model of several sequences: each sequence's file found by its name."""
+    found: list[Path | None] = []
+    missing: list[str] = []
+    problems: list[str] = []
+    for sequence in sequences:
+        candidates = [p for p in files if p != mask and names_sequence(p, sequence)]
+        if len(candidates) > 1:
+            problems.append(
+                f"the case folder {sub.name} has {len(candidates)} {sequence} images "
+                f"({', '.join(p.name for p in candidates)}); keep one"
+            )
+        elif not candidates:
+            missing.append(sequence)
+        found.append(candidates[0] if len(candidates) == 1 else None)
+    if missing:
+        problems.insert(0, _missing_sentence(sub.name, missing))
+    first = found[0] or sub / f"{sub.name}_{sequences[0]}.nii.gz"
+    return Case(safe_name(sub.name), first, mask, sequences, tuple(found), "; ".join(problems) or None)
+
+
+def _cases_from_folder(
+    folder: Path, image_glob: str, mask_globs: tuple[str, ...], sequences: tuple[str, ...] = ()
+) -> list[Case]:
     subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not subfolders:
         raise PowdrError(
@@ -82,12 +166,15 @@ def _cases_from_folder(folder: Path, image_glob: str, mask_globs: tuple[str, ...
         if not files:
             continue
         masks = [p for p in files if _matches(p.name, mask_globs)]
-        images = [p for p in files if p not in masks and fnmatch.fnmatch(p.name.lower(), image_glob.lower())]
         if len(masks) != 1:
             raise PowdrError(
                 f"the case folder {sub.name} has {len(masks)} mask files matching {', '.join(mask_globs)}; "
                 "exactly one is needed (choose with --mask-glob)"
             )
+        if sequences:
+            cases.append(_sequence_case(sub, files, masks[0], sequences))
+            continue
+        images = [p for p in files if p not in masks and fnmatch.fnmatch(p.name.lower(), image_glob.lower())]
         if len(images) != 1:
             found = ", ".join(p.name for p in images) or "none"
             raise PowdrError(
@@ -100,48 +187,104 @@ def _cases_from_folder(folder: Path, image_glob: str, mask_globs: tuple[str, ...
     return cases
 
 
-def _cases_from_csv(path: Path) -> list[Case]:
+def _cases_from_csv(path: Path, sequences: tuple[str, ...] = ()) -> list[Case]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:  # not the Windows code page
             rows = list(csv.DictReader(handle))
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise PowdrError(f"the case list {path.name} could not be read ({error})") from None
+    wanted = (",".join(sequences) if sequences else "image") + ",mask"
     if not rows:
-        raise PowdrError(f"the case list {path.name} has no rows (columns image,mask and optionally case)")
+        raise PowdrError(f"the case list {path.name} has no rows (columns {wanted} and optionally case)")
     columns = {name.strip().lower(): name for name in rows[0].keys() if name}
-    if "image" not in columns or "mask" not in columns:
-        raise PowdrError(f"the case list {path.name} needs the columns image and mask (optionally case)")
+    if sequences:
+        # One column per sequence, named like it or one of its aliases (t1n for t1, t2f for flair).
+        found = {s: next((columns[a] for a in sequence_names(s) if a in columns), None) for s in sequences}
+        absent = [s for s, column in found.items() if column is None]
+        if absent or "mask" not in columns:
+            lacking = ", ".join(absent + ([] if "mask" in columns else ["mask"]))
+            raise PowdrError(
+                f"the case list {path.name} needs the columns {wanted} (optionally case), one per sequence "
+                f"of the model (BraTS aliases such as t1n or t2f count); it lacks {lacking}"
+            )
+        image_columns = [found[s] for s in sequences]
+    else:
+        if "image" not in columns or "mask" not in columns:
+            raise PowdrError(f"the case list {path.name} needs the columns image and mask (optionally case)")
+        image_columns = [columns["image"]]
     name_column = next((columns[c] for c in ("case", "name", "id") if c in columns), None)
+
+    def resolve(text: str) -> Path:
+        # Relative paths are relative to the CSV's folder, so a dataset folder can move.
+        return Path(text) if Path(text).is_absolute() else path.parent / text
+
     cases = []
     for number, row in enumerate(rows, start=2):
-        image_text = (row.get(columns["image"]) or "").strip()
+        texts = [(row.get(column) or "").strip() for column in image_columns]
         mask_text = (row.get(columns["mask"]) or "").strip()
-        if not image_text or not mask_text:
+        if not any(texts) or not mask_text:
             raise PowdrError(f"line {number} of {path.name} lacks an image or a mask")
-        # Relative paths are relative to the CSV's folder, so a dataset folder can move.
-        image = Path(image_text) if Path(image_text).is_absolute() else path.parent / image_text
-        mask = Path(mask_text) if Path(mask_text).is_absolute() else path.parent / mask_text
+        mask = resolve(mask_text)
         name = (row.get(name_column) or "").strip() if name_column else ""
-        cases.append(Case(safe_name(name or stem_of(image)), image, mask))
+        if not sequences:
+            image = resolve(texts[0])
+            cases.append(Case(safe_name(name or stem_of(image)), image, mask))
+            continue
+        images = [resolve(text) if text else None for text in texts]
+        first = next(p for p in images if p is not None)
+        # Without a case column the name is the first image's stem, less its sequence's name.
+        name = safe_name(name or _without_sequence(stem_of(first), sequences[images.index(first)]))
+        # A file that is named but absent is as missing as an empty cell: say so before reading anything.
+        missing = [s for s, p in zip(sequences, images) if p is None or not p.is_file()]
+        images = [p if p is not None and p.is_file() else None for p in images]
+        problem = None
+        if missing:
+            problem = (
+                f"the case {name} (line {number} of {path.name}) has no {' and '.join(missing)} "
+                f"image{'s' if len(missing) > 1 else ''} (the {'cells are' if len(missing) > 1 else 'cell is'} "
+                "empty or name files that do not exist)"
+            )
+        cases.append(Case(name, images[0] or first, mask, sequences, tuple(images), problem))
     return cases
+
+
+def _without_sequence(stem: str, sequence: str) -> str:
+    """'Brats18_X_t1ce' -> 'Brats18_X' (the sequence's name or an alias at the end, with its _ or -)."""
+    for alias in sequence_names(sequence):
+        if stem.lower().endswith((f"_{alias}", f"-{alias}")) and len(stem) > len(alias) + 1:
+            return stem[: -len(alias) - 1]
+    return stem
 
 
 def discover_cases(
     source: str | os.PathLike,
     image_glob: str = "*",
     mask_globs: tuple[str, ...] = DEFAULT_MASK_GLOBS,
+    sequences: tuple[str, ...] | None = None,
 ) -> list[Case]:
     """The cases of a CSV file (columns image, mask, optional case) or of a folder of case folders.
 
     In a folder, each subfolder is one case: its mask is the one image file matching
     ``mask_globs`` (default ``*seg*``, ``*mask*``, ``*label*``), its image the one other
     file matching ``image_glob``. Returns the cases sorted by name; names must be unique.
+
+    ``sequences`` (a checkpoint's ``ModelConfig.sequences``): with two or more, each case
+    needs one image per sequence, found by name in a folder (see the module docstring) or
+    in a CSV column per sequence; ``image_glob`` does not apply. A case missing one is
+    still listed, with ``problem`` saying what is missing, so that it is reported.
     """
     source = Path(source)
+    several = tuple(s.lower() for s in sequences) if sequences and len(sequences) > 1 else ()
+    if several and image_glob != "*":
+        raise PowdrError(
+            f"--image-glob picks one image per case, but this model makes {len(several)} sequences "
+            f"({', '.join(several)}); each is found by its name (CASE_{several[1]}.nii.gz, ...), "
+            "so leave --image-glob out"
+        )
     if source.is_dir():
-        cases = _cases_from_folder(source, image_glob, tuple(mask_globs))
+        cases = _cases_from_folder(source, image_glob, tuple(mask_globs), several)
     elif source.is_file():
-        cases = _cases_from_csv(source)
+        cases = _cases_from_csv(source, several)
     else:
         raise PowdrError(f"--cases {source} is neither a CSV file nor a folder")
     names = [c.name for c in cases]
@@ -179,9 +322,15 @@ def case_folder(out_dir: str | os.PathLike, case: Case) -> Path:
     return Path(out_dir) / case.name
 
 
+def metadata_files(out_dir: str | os.PathLike, case: Case) -> list[Path]:
+    """The run JSON of every sequence of the case (one for a single-sequence model)."""
+    folder = case_folder(out_dir, case)
+    return [folder / str(output_names(stem, 1)["metadata"]) for stem in case.stems]
+
+
 def metadata_file(out_dir: str | os.PathLike, case: Case) -> Path:
-    """The file whose presence marks a case as complete."""
-    return case_folder(out_dir, case) / str(output_names(stem_of(case.image), 1)["metadata"])
+    """The file whose presence marks a case as complete (the last sequence's JSON, written last)."""
+    return metadata_files(out_dir, case)[-1]
 
 
 def label_file(folder: str | os.PathLike, stem: str) -> Path:
@@ -189,7 +338,9 @@ def label_file(folder: str | os.PathLike, stem: str) -> Path:
 
 
 def is_complete(out_dir: str | os.PathLike, case: Case) -> bool:
-    return metadata_file(out_dir, case).is_file()
+    """True when every sequence's JSON exists (a case with a ``problem`` never is)."""
+    # Every file, not only the last: a run killed between two JSON files is redone.
+    return case.problem is None and all(path.is_file() for path in metadata_files(out_dir, case))
 
 
 def original_label_map(mask: Volume, image: Volume, labels: tuple[int, ...] | None = None) -> np.ndarray:
@@ -215,11 +366,26 @@ def original_label_map(mask: Volume, image: Volume, labels: tuple[int, ...] | No
 
 
 def write_label_map(case: Case, folder: Path, labels: tuple[int, ...] | None) -> Path:
-    """Write the case's label map (original values, image grid) beside its outputs."""
-    image = load_volume(case.image, "image")
+    """Write the case's label map (original values, image grid) beside its outputs.
+
+    For several sequences: on the first sequence's grid, under its stem.
+    """
+    image = load_volume(case.image, f"{case.sequences[0]} image" if case.sequences else "image")
     mask = load_volume(case.mask, "mask")
     data = original_label_map(mask, image, labels)
-    return save_nifti(label_file(folder, stem_of(case.image)), data, image.affine, image.header)
+    return save_nifti(label_file(folder, case.stems[0]), data, image.affine, image.header)
+
+
+def _check_sequences(cases: list[Case], sequences: tuple[str, ...]) -> None:
+    """Refuse cases found for other sequences than the checkpoint's, before anything is written."""
+    wanted = tuple(s.lower() for s in sequences) if len(sequences) > 1 else ()
+    for case in cases:
+        if tuple(s.lower() for s in case.sequences) != wanted:
+            have = ", ".join(case.sequences) or "one image"
+            raise PowdrError(
+                f"the case {case.name} was found with {have}, but the checkpoint makes {', '.join(sequences)}; "
+                "find the cases with discover_cases(..., sequences=<the checkpoint's sequences>)"
+            )
 
 
 def _remove_partial_files(folder: Path) -> None:
@@ -356,13 +522,17 @@ def run_generate(
 ) -> GenerateSummary:
     """Outpaint this rank's share of ``cases`` into ``out_dir``/CASE, skipping complete ones.
 
-    A case that fails with a user error is reported and the run goes on with the next;
+    A case that fails with a user error (or that misses a sequence of a multi-sequence
+    checkpoint: ``case.problem``) is reported and the run goes on with the next;
     ``summary.failed`` lists them. ``options.seed`` is combined with each case's name.
+    ``cases`` must have been found for the checkpoint's sequences (``discover_cases``'s
+    ``sequences``).
     """
     options.validate()
     labels = parse_labels(options.labels)
     # A bad checkpoint would fail every case: refuse it once, before anything is written.
-    read_checkpoint(checkpoint)
+    config, _ = read_checkpoint(checkpoint)
+    _check_sequences(cases, config.sequences)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise PowdrError(f"--out {out_dir} exists and is not a folder")
@@ -391,13 +561,15 @@ def run_generate(
             _remove_partial_files(folder)
             case_options = replace(options, seed=case_seed(options.seed, case.name))
             try:
+                if case.problem is not None:
+                    raise PowdrError(case.problem)  # nothing to read: no folder is made for it
                 folder.mkdir(parents=True, exist_ok=True)
                 write_label_map(case, folder, labels)
-                run_outpaint(case.image, case.mask, checkpoint, folder, case_options, _CaseProgress(overall))
+                run_outpaint(case.inputs, case.mask, checkpoint, folder, case_options, _CaseProgress(overall))
             except PowdrError as error:
                 summary.failed[case.name] = str(error)
-                if not metadata_file(out_dir, case).exists():
-                    label_file(folder, stem_of(case.image)).unlink(missing_ok=True)
+                if case.problem is None and not is_complete(out_dir, case):
+                    label_file(folder, case.stems[0]).unlink(missing_ok=True)
                 overall.end_case("failed", str(error))
                 continue
             summary.generated.append(case.name)

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from .checkpoint import read_checkpoint
 from .cli import command_help
 from .errors import PowdrError
 from .generate import DEFAULT_MASK_GLOBS, discover_cases, distributed_env, run_generate
@@ -21,16 +22,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Outpaint every case of a CSV file (columns image,mask[,case]) or of a folder with one "
             "subfolder per case, into OUT/CASE/. Cases whose STEM_outpaint.json exists are skipped, "
             "so an interrupted run continues where it stopped. Under torchrun the cases are split "
-            "over the processes."
+            "over the processes. A checkpoint of several sequences (e.g. t1,t1ce,t2,flair) needs one "
+            "image per sequence and case: in a case folder each is found by its name (CASE_t1ce.nii.gz, "
+            "CASE-t1c.nii.gz, ...; BraTS 2018-2021 and 2023 names both work), in a CSV one column per "
+            "sequence (t1,t1ce,t2,flair,mask[,case]); a case missing one is reported as failed and the "
+            "others are generated."
         ),
     )
-    parser.add_argument("--cases", required=True, help="a CSV file (image,mask[,case]) or a folder of case folders")
+    parser.add_argument("--cases", required=True,
+                        help="a CSV file (image,mask[,case]; for a checkpoint of several sequences one column "
+                             "per sequence instead of image, e.g. t1,t1ce,t2,flair,mask,case) or a folder of "
+                             "case folders")
     parser.add_argument("--checkpoint", required=True, help="model checkpoint (.pt)")
     parser.add_argument("--per-case", type=int, default=3, help="samples per case (default 3)")
     parser.add_argument("--out", required=True, help="output folder (one subfolder per case)")
     parser.add_argument("--image-glob", default="*",
                         help="in a case folder, the image's file pattern, e.g. '*_t1.nii.gz' "
-                             "(default: the one non-mask file)")
+                             "(default: the one non-mask file); single-sequence checkpoints only, as a "
+                             "checkpoint of several sequences finds each image by its name")
     parser.add_argument("--mask-glob", action="append", default=None,
                         help="in a case folder, the mask's file pattern "
                              f"(repeatable; default {' '.join(DEFAULT_MASK_GLOBS)})")
@@ -62,7 +71,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.per_case < 1:
         raise PowdrError("--per-case must be at least 1")
     rank, world, local_rank = distributed_env()
-    cases = discover_cases(args.cases, args.image_glob, tuple(args.mask_glob or DEFAULT_MASK_GLOBS))
+    # The checkpoint says which images a case needs (one, or one per sequence).
+    config, _ = read_checkpoint(args.checkpoint)
+    cases = discover_cases(
+        args.cases, args.image_glob, tuple(args.mask_glob or DEFAULT_MASK_GLOBS), sequences=config.sequences
+    )
     options = OutpaintOptions(
         samples=args.per_case,
         steps=args.steps,

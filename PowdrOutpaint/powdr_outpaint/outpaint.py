@@ -172,9 +172,13 @@ class CaseInputs:
 
 def sequence_stem(path: str | Path, sequence: str) -> str:
     """The file-name stem of one sequence's outputs: the image's stem, ending in the sequence's name."""
+    from .data import MODALITY_GROUPS
+
     stem = stem_of(path)
     lowered = stem.lower()
-    if lowered == sequence.lower() or lowered.endswith((f"_{sequence.lower()}", f"-{sequence.lower()}")):
+    # A BraTS 2023 name (CASE-t1n) already says t1: its aliases count as its name.
+    names = next((group for group in MODALITY_GROUPS if sequence.lower() in group), (sequence.lower(),))
+    if any(lowered == name or lowered.endswith((f"_{name}", f"-{name}")) for name in names):
         return stem
     return f"{stem}_{sequence}"
 

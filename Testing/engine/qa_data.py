@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -21,29 +23,39 @@ REPO = Path(__file__).resolve().parents[2]
 ENGINE = REPO / "PowdrOutpaint"
 
 
-def case_files(case_dir: Path) -> dict[str, Path]:
-    """{'image', 'mask', 'name'} of a BraTS case folder."""
+SEQUENCES = ("t1", "t1ce", "t2", "flair")  # BraTS 2018's four, in the usual channel order
+
+
+def case_files(case_dir: Path, sequences: tuple[str, ...] = ("t1",)) -> dict:
+    """{'image' (the first sequence's), 'mask', 'name', 'images' ({sequence: path})} of a BraTS case folder."""
+    images = {sequence: case_dir / f"{case_dir.name}_{sequence}.nii.gz" for sequence in sequences}
     return {
-        "image": case_dir / f"{case_dir.name}_t1.nii.gz",
+        "image": images[sequences[0]],
         "mask": case_dir / f"{case_dir.name}_seg.nii.gz",
         "name": case_dir.name,
+        "images": images,
     }
 
 
-def reduced_cases(brats_dir: Path, dest: Path, count: int) -> list[dict[str, Path]]:
-    """Copies of the first ``count`` BraTS cases at every second voxel, one folder per case."""
+def reduced_cases(
+    brats_dir: Path, dest: Path, count: int, sequences: tuple[str, ...] = ("t1",)
+) -> list[dict]:
+    """Copies of the first ``count`` BraTS cases at every second voxel, one folder per case.
+
+    ``sequences``: which images to copy besides the segmentation (e.g. ``SEQUENCES``).
+    """
     sources = sorted(p for p in brats_dir.iterdir() if p.is_dir() and p.name.startswith("Brats18_"))[:count]
     cases = []
     for source in sources:
         folder = dest / source.name
         folder.mkdir(parents=True, exist_ok=True)
-        for kind in ("t1", "seg"):
+        for kind in (*sequences, "seg"):
             image = nib.load(str(source / f"{source.name}_{kind}.nii.gz"))
             data = np.asarray(image.dataobj)[::2, ::2, ::2]
             affine = image.affine.copy()
             affine[:3, :3] *= 2.0
             nib.save(nib.Nifti1Image(data, affine, image.header), str(folder / f"{source.name}_{kind}.nii.gz"))
-        cases.append(case_files(folder))
+        cases.append(case_files(folder, sequences))
     return cases
 
 
@@ -71,3 +83,55 @@ def cli_command(*argv: object) -> list[str]:
 def load(path: Path) -> tuple[np.ndarray, np.ndarray]:
     image = nib.load(str(path))
     return np.asarray(image.dataobj), image.affine
+
+
+NNUNET_REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
+
+
+def read_nnunet_raw(folder: Path) -> dict:
+    """Read a raw dataset back by nnU-Net v2's dataset.json conventions; assert each rule.
+
+    The rules are those of nnU-Net v2's dataset format and integrity check: the four
+    required keys; channels named "0".."C-1"; images ``ID_XXXX<file_ending>`` with every
+    channel present; a label ``ID<file_ending>`` for each ID; numTraining equal to the
+    number of IDs; label files holding only declared values; every channel's grid equal
+    to its label's. Returns the dataset.json, the IDs, the label values found and whether
+    the declared labels are consecutive (nnU-Net v2 requires it before planning).
+    """
+    dataset = json.loads((folder / "dataset.json").read_text())
+    assert all(key in dataset for key in NNUNET_REQUIRED_KEYS), set(NNUNET_REQUIRED_KEYS) - set(dataset)
+    channels = dataset["channel_names"]
+    assert sorted(channels, key=int) == [str(i) for i in range(len(channels))]
+    ending = dataset["file_ending"]
+    assert ending == ".nii.gz"
+    labels = dataset["labels"]
+    assert labels["background"] == 0 and all(isinstance(v, int) for v in labels.values())
+    declared = sorted(labels.values())
+    pattern = re.compile(rf"^(?P<id>.+)_(?P<channel>\d{{4}}){re.escape(ending)}$")
+    found: dict[str, set[int]] = {}
+    for path in (folder / "imagesTr").iterdir():
+        match = pattern.match(path.name)
+        assert match, f"{path.name} does not follow ID_XXXX{ending}"
+        found.setdefault(match["id"], set()).add(int(match["channel"]))
+    assert all(ch == set(range(len(channels))) for ch in found.values())
+    assert dataset["numTraining"] == len(found)
+    assert {p.name for p in (folder / "labelsTr").iterdir()} == {f"{i}{ending}" for i in found}
+    values: set[int] = set()
+    for identifier in found:
+        label = nib.load(str(folder / "labelsTr" / f"{identifier}{ending}"))
+        for channel in range(len(channels)):
+            image = nib.load(str(folder / "imagesTr" / f"{identifier}_{channel:04d}{ending}"))
+            assert image.shape == label.shape, (identifier, channel)
+            np.testing.assert_allclose(image.affine, label.affine, atol=1e-6, err_msg=f"{identifier} {channel}")
+            np.testing.assert_allclose(image.header.get_zooms(), label.header.get_zooms(), atol=1e-6)
+        data = np.asarray(label.dataobj)
+        assert np.issubdtype(data.dtype, np.integer), identifier
+        present = set(int(v) for v in np.unique(data))
+        assert present <= set(declared), (identifier, present, declared)
+        values |= present
+    return {
+        "dataset": dataset,
+        "ids": sorted(found),
+        "values": values,
+        "consecutive": declared == list(range(len(declared))),
+    }

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 
@@ -17,55 +15,8 @@ import qa_data  # noqa: E402
 from powdr_outpaint.generate import discover_cases, run_generate
 from powdr_outpaint.outpaint import OutpaintOptions
 
-REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
-
-
-def read_nnunet_raw(folder: Path) -> dict:
-    """Read a raw dataset back by nnU-Net v2's dataset.json conventions; assert each rule.
-
-    The rules are those of nnU-Net v2's dataset format and integrity check: the four
-    required keys; channels named "0".."C-1"; images ``ID_XXXX<file_ending>`` with every
-    channel present; a label ``ID<file_ending>`` for each ID; numTraining equal to the
-    number of IDs; label files holding only declared values; image and label grids equal.
-    Returns the dataset.json, the IDs, the label values found and whether the declared
-    labels are consecutive (nnU-Net v2 requires it before planning).
-    """
-    dataset = json.loads((folder / "dataset.json").read_text())
-    assert all(key in dataset for key in REQUIRED_KEYS), set(REQUIRED_KEYS) - set(dataset)
-    channels = dataset["channel_names"]
-    assert sorted(channels, key=int) == [str(i) for i in range(len(channels))]
-    ending = dataset["file_ending"]
-    assert ending == ".nii.gz"
-    labels = dataset["labels"]
-    assert labels["background"] == 0 and all(isinstance(v, int) for v in labels.values())
-    declared = sorted(labels.values())
-    pattern = re.compile(rf"^(?P<id>.+)_(?P<channel>\d{{4}}){re.escape(ending)}$")
-    found: dict[str, set[int]] = {}
-    for path in (folder / "imagesTr").iterdir():
-        match = pattern.match(path.name)
-        assert match, f"{path.name} does not follow ID_XXXX{ending}"
-        found.setdefault(match["id"], set()).add(int(match["channel"]))
-    assert all(ch == set(range(len(channels))) for ch in found.values())
-    assert dataset["numTraining"] == len(found)
-    assert {p.name for p in (folder / "labelsTr").iterdir()} == {f"{i}{ending}" for i in found}
-    values: set[int] = set()
-    for identifier in found:
-        image = nib.load(str(folder / "imagesTr" / f"{identifier}_0000{ending}"))
-        label = nib.load(str(folder / "labelsTr" / f"{identifier}{ending}"))
-        assert image.shape == label.shape, identifier
-        np.testing.assert_allclose(image.affine, label.affine, atol=1e-6, err_msg=identifier)
-        np.testing.assert_allclose(image.header.get_zooms(), label.header.get_zooms(), atol=1e-6)
-        data = np.asarray(label.dataobj)
-        assert np.issubdtype(data.dtype, np.integer), identifier
-        present = set(int(v) for v in np.unique(data))
-        assert present <= set(declared), (identifier, present, declared)
-        values |= present
-    return {
-        "dataset": dataset,
-        "ids": sorted(found),
-        "values": values,
-        "consecutive": declared == list(range(len(declared))),
-    }
+# The reader lives in qa_data so that the multi-sequence tests use the same rules.
+read_nnunet_raw = qa_data.read_nnunet_raw
 
 
 @pytest.fixture(scope="module")
