@@ -3,40 +3,47 @@
 Reads the original image, its lesion mask and the folder written by ``sample`` (or one
 case folder of ``generate``), computes the metrics of :mod:`powdr_outpaint.metrics`,
 prints a short table, and optionally writes the metrics as JSON and the QA PNG.
+
+A run of a multi-sequence model (``t1,t1ce,t2,flair``) is evaluated sequence by
+sequence, each against its own original (``--original t1=A --original t1ce=B ...``, or
+the images the run recorded when ``--original`` is left out); the JSON then holds one
+section per sequence, in the checkpoint's order.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 
 from . import metrics as m
 from .atomic import write_json_atomic
+from .checkpoint import SEQUENCE_NAME
 from .cli import command_help
 from .errors import PowdrError
+from .outpaint import sequence_stem
 from .preprocess import lesion_on_image_grid, parse_labels
 from .progress import Progress
 from .report import format_number
 from .volume_io import Volume, load_volume, stem_of
 
 SAMPLE_PATTERN = re.compile(r"^(?P<stem>.+)_outpaint_s(?P<index>\d+)\.nii(\.gz)?$")
+METADATA_SUFFIX = "_outpaint.json"
+
+#: One original image, {sequence: original} for a multi-sequence run, or None: the run's own.
+OriginalInput = Union[str, Path, Mapping[str, Union[str, Path]], None]
 
 
-def find_run(samples_dir: str | Path, stem: str | None = None) -> dict[str, Any]:
-    """The files of one outpainting run in ``samples_dir``.
-
-    Args:
-        stem: the image stem (file name without extension); None picks the only one there.
-    Returns:
-        {"stem", "samples" (sorted paths), "mean", "std", "lesion", "metadata" (paths or None)}.
-    """
-    folder = Path(samples_dir)
+def _sample_stems(folder: Path) -> dict[str, list[tuple[int, Path]]]:
+    """{stem: [(sample index, path), ...]} of every run's samples in ``folder``."""
     if not folder.is_dir():
         raise PowdrError(f"--samples {folder} is not a folder")
     runs: dict[str, list[tuple[int, Path]]] = {}
@@ -46,6 +53,19 @@ def find_run(samples_dir: str | Path, stem: str | None = None) -> dict[str, Any]
             runs.setdefault(match["stem"], []).append((int(match["index"]), path))
     if not runs:
         raise PowdrError(f"no outpainted samples (*_outpaint_sNN.nii.gz) were found in {folder}")
+    return runs
+
+
+def find_run(samples_dir: str | Path, stem: str | None = None) -> dict[str, Any]:
+    """The files of one outpainting run in ``samples_dir`` (one sequence of it, for a multi-sequence run).
+
+    Args:
+        stem: the image stem (file name without extension); None picks the only one there.
+    Returns:
+        {"stem", "samples" (sorted paths), "mean", "std", "lesion", "metadata" (paths or None)}.
+    """
+    folder = Path(samples_dir)
+    runs = _sample_stems(folder)
     if stem is None or stem not in runs:
         if len(runs) > 1:
             raise PowdrError(
@@ -60,7 +80,7 @@ def find_run(samples_dir: str | Path, stem: str | None = None) -> dict[str, Any]
                 return candidate
         return None
 
-    metadata = folder / f"{stem}_outpaint.json"
+    metadata = folder / f"{stem}{METADATA_SUFFIX}"
     return {
         "stem": stem,
         "samples": [path for _, path in sorted(runs[stem])],
@@ -71,19 +91,218 @@ def find_run(samples_dir: str | Path, stem: str | None = None) -> dict[str, Any]
     }
 
 
-def _load_on_grid(path: Path, reference: Volume, what: str) -> np.ndarray:
+def _read_metadata(folder: Path, stem: str) -> dict[str, Any]:
+    """The run metadata ``sample`` wrote beside a stem's samples ({} when absent or unreadable)."""
+    try:
+        value = json.loads((folder / f"{stem}{METADATA_SUFFIX}").read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def sequence_stems(metadata: Mapping[str, Any]) -> dict[str, str] | None:
+    """{sequence: output stem} in the checkpoint's order for a multi-sequence run's metadata, else None."""
+    outputs = metadata.get("outputs")
+    sequences = outputs.get("sequences") if isinstance(outputs, dict) else None
+    if not isinstance(sequences, dict) or not sequences:
+        return None
+    stems: dict[str, str] = {}
+    for name, files in sequences.items():
+        # File names only: the folder may have moved since the run, the names have not.
+        metadata_file = Path(str(files.get("metadata", ""))).name if isinstance(files, dict) else ""
+        if not metadata_file.endswith(METADATA_SUFFIX):
+            return None
+        stems[str(name)] = metadata_file[: -len(METADATA_SUFFIX)]
+    return stems
+
+
+@dataclass
+class SequenceTarget:
+    """One sequence to evaluate: its name (None for a single-sequence run), original and run files."""
+
+    name: str | None
+    original: Path
+    run: dict[str, Any]
+
+
+@dataclass
+class RunPlan:
+    """What :func:`evaluate` compares: one target, or one per sequence of a multi-sequence run."""
+
+    targets: list[SequenceTarget]
+    metadata: dict[str, Any]  # the run's metadata ({} when the run wrote none)
+    multi: bool  # True: the JSON gets one section per sequence
+
+    @property
+    def sequences(self) -> list[str]:
+        return [t.name for t in self.targets if t.name is not None]
+
+
+def _examples(sequences: list[str]) -> str:
+    return " ".join(f"--original {name}=FILE" for name in sequences)
+
+
+def _group_runs(folder: Path, stems: list[str]) -> tuple[dict[str, dict[str, str] | None], dict[str, dict]]:
+    """Each stem's multi-sequence group ({sequence: stem}, or None for a run of its own) and metadata."""
+    metadata = {stem: _read_metadata(folder, stem) for stem in stems}
+    groups: dict[str, dict[str, str] | None] = {}
+    for stem in stems:
+        group = sequence_stems(metadata[stem])
+        groups[stem] = group if group and stem in group.values() else None
+    return groups, metadata
+
+
+def _run_key(stem: str, groups: Mapping[str, dict[str, str] | None]) -> tuple[str, ...]:
+    group = groups[stem]
+    return tuple(group.values()) if group else (stem,)
+
+
+def _run_text(key: tuple[str, ...], groups: Mapping[str, dict[str, str] | None]) -> str:
+    group = groups[key[0]]
+    return f"{_case_name(key, list(group))} ({', '.join(group)})" if group and len(key) > 1 else key[0]
+
+
+def plan_run(original: OriginalInput, samples_dir: str | Path, stem: str | None = None) -> RunPlan:
+    """Pair every sequence of the run in ``samples_dir`` with its original image.
+
+    Args:
+        original: one image (a single-sequence run, or one sequence of a multi-sequence run:
+            the one whose outputs carry its stem), {sequence: image} for every sequence of a
+            multi-sequence run, or None to take the images the run's metadata recorded.
+        stem: which run, when the folder holds several (any sequence's stem of a multi run).
+    Raises:
+        PowdrError: in one sentence, for a missing or extra sequence, several runs to
+            choose from, or recorded images that are not there.
+    """
+    folder = Path(samples_dir)
+    runs = _sample_stems(folder)
+    groups, metadata = _group_runs(folder, sorted(runs))
+    keys = list(dict.fromkeys(_run_key(s, groups) for s in sorted(runs)))
+
+    if original is not None and not isinstance(original, Mapping):
+        # One image, as before multi-sequence models: the run (or the sequence) named like it.
+        chosen = stem or stem_of(original)
+        if chosen not in runs and len(keys) == 1 and len(keys[0]) > 1:
+            names = list(groups[keys[0][0]] or {})
+            raise PowdrError(
+                f"{folder} holds a run of the sequences {', '.join(names)}: give each its original "
+                f"({_examples(names)}), or leave --original out to use the images the run was made from"
+            )
+        run = find_run(folder, chosen)
+        own = metadata.get(run["stem"], {})
+        name = own.get("sequence") if groups.get(run["stem"]) else None
+        return RunPlan([SequenceTarget(name, Path(original), run)], own, multi=False)
+
+    given = None if original is None else {str(k).lower(): Path(v) for k, v in original.items()}
+    if stem is not None:
+        if stem not in runs:
+            raise PowdrError(f"--stem {stem}: {folder} has no samples of that name (it has {', '.join(sorted(runs))})")
+        key = _run_key(stem, groups)
+    else:
+        candidates = keys
+        if given and len(keys) > 1:
+            # Several runs in one folder: the one whose outputs are named like the given images.
+            wanted = {sequence_stem(path, name) for name, path in given.items()} | {stem_of(p) for p in given.values()}
+            candidates = [key for key in keys if wanted & set(key)] or keys
+        if len(candidates) > 1:
+            raise PowdrError(
+                f"{folder} holds several runs ({'; '.join(_run_text(k, groups) for k in candidates)}); "
+                "choose one with --stem"
+            )
+        key = candidates[0]
+    group = groups[key[0]]
+    own = metadata.get(key[0], {})
+    run_name = _case_name(key, list(group or {}))
+
+    if group is None:
+        # A single-sequence run: one original, given by name or recorded in the metadata.
+        if given is not None:
+            config = own.get("config") if isinstance(own.get("config"), dict) else {}
+            modality = str(config.get("modality") or "")
+            # Names are checked as 'sample' checks them (case aside); an unknown modality accepts any.
+            if len(given) != 1 or (modality and next(iter(given)) != modality.lower()):
+                raise PowdrError(
+                    f"the run {run_name} is of {modality or 'one sequence'} only, so give its one original "
+                    f"(--original FILE{f' or --original {modality}=FILE' if modality else ''}), not "
+                    f"{', '.join(given)}"
+                )
+            path = next(iter(given.values()))
+        else:
+            path = _recorded(own.get("image"), "image", "--original FILE")
+        return RunPlan([SequenceTarget(None, path, find_run(folder, key[0]))], own, multi=False)
+
+    names = list(group)
+    if given is not None:
+        missing = [name for name in names if name.lower() not in given]
+        extra = sorted(set(given) - {name.lower() for name in names})
+        if extra:
+            raise PowdrError(
+                f"the run {run_name} has no {', '.join(extra)} (its sequences are {', '.join(names)}); "
+                f"give {_examples(names)}"
+            )
+        if missing:
+            raise PowdrError(
+                f"--original lacks {', '.join(missing)}: the run {run_name} has the sequences {', '.join(names)}, "
+                f"so give {_examples(names)} (or leave --original out to use the images the run was made from)"
+            )
+        paths = {name: given[name.lower()] for name in names}
+    else:
+        recorded = own.get("sequences") if isinstance(own.get("sequences"), dict) else {}
+        paths = {
+            name: _recorded((recorded.get(name) or {}).get("image"), f"{name} image", _examples(names))
+            for name in names
+        }
+    absent = [name for name in names if group[name] not in runs]
+    if absent:
+        raise PowdrError(
+            f"{folder} lacks the {', '.join(absent)} samples of the run {run_name} ({group[absent[0]]}_outpaint_s00...)"
+        )
+    targets = [SequenceTarget(name, paths[name], find_run(folder, group[name])) for name in names]
+    return RunPlan(targets, own, multi=True)
+
+
+def _recorded(value: Any, what: str, option: str) -> Path:
+    """A file the run's metadata recorded; a clear error when there is none or it has gone."""
+    if not isinstance(value, str) or not value:
+        raise PowdrError(f"the run's metadata records no {what}; give it with {option}")
+    path = Path(value)
+    if not path.is_file():
+        raise PowdrError(f"the run's {what} {path} is not there any more; give it with {option}")
+    return path
+
+
+def _load_on_grid(path: Path, reference: Volume, what: str, original: str = "original image") -> np.ndarray:
     volume = load_volume(path, what)
     if volume.data.shape != reference.data.shape or not np.allclose(volume.affine, reference.affine, atol=1e-3):
         raise PowdrError(
-            f"the {what} {path.name} is not on the original image's grid "
+            f"the {what} {path.name} is not on the {original}'s grid "
             f"(shape {volume.data.shape} vs {reference.data.shape}); evaluate it against the image it was made from"
         )
     return np.asarray(volume.data, dtype=np.float32)
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths hold the same bytes (a moved or copied original is still the same image)."""
+    try:
+        if a.resolve() == b.resolve():
+            return True
+        if a.stat().st_size != b.stat().st_size:
+            return False
+        digests = []
+        for path in (a, b):
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            digests.append(digest.digest())
+        return digests[0] == digests[1]
+    except OSError:
+        return True  # nothing to compare with: no warning
+
+
 def evaluate(
-    original_path: str | Path,
-    mask_path: str | Path,
+    original_path: OriginalInput,
+    mask_path: str | Path | None,
     samples_dir: str | Path,
     labels: str | None = None,
     stem: str | None = None,
@@ -92,40 +311,130 @@ def evaluate(
 ) -> dict[str, Any]:
     """Compute every metric of a run; optionally draw the QA report.
 
-    All sample volumes are held in memory as float32 (N x the image size x 4 bytes),
-    since the pairwise metrics need every pair.
+    All sample volumes of one sequence are held in memory as float32 (N x the image
+    size x 4 bytes), since the pairwise metrics need every pair; sequences are
+    evaluated one after the other.
 
     Args:
+        original_path: the image the samples were made from; {sequence: image} for every
+            sequence of a multi-sequence run; None takes the image(s) the run recorded.
+        mask_path: its lesion mask; None takes the mask the run recorded.
         labels: lesion labels such as "1,2,4"; None takes those of the run's metadata
             when present, else every label > 0.
     Returns:
         The metrics dictionary (JSON-serialisable), described in the module
-        :mod:`powdr_outpaint.metrics` and the README.
+        :mod:`powdr_outpaint.metrics` and the README. A multi-sequence run (several
+        sequences, or None as ``original_path``) gives {"sequences": {name: the single-run
+        dictionary}, ...} in the checkpoint's order.
     """
     progress = progress or Progress("none")
-    run = find_run(samples_dir, stem or stem_of(original_path))
-    run_metadata: dict[str, Any] = {}
-    if run["metadata"] is not None:
-        try:
-            run_metadata = json.loads(Path(run["metadata"]).read_text())
-        except (OSError, ValueError):
-            run_metadata = {}
+    plan = plan_run(original_path, samples_dir, stem)
+    run_metadata = plan.metadata
+    if mask_path is None:
+        mask_path = _recorded(run_metadata.get("mask"), "mask", "--mask FILE")
     if labels is None and isinstance(run_metadata.get("labels"), list):
         labels = ",".join(str(v) for v in run_metadata["labels"])
+    label_tuple = parse_labels(labels)
+    mask = load_volume(mask_path, "mask")
 
-    progress.stage("loading", f"Loading the original, the mask and {len(run['samples'])} samples")
-    original_volume = load_volume(original_path, "original image")
-    lesion = lesion_on_image_grid(load_volume(mask_path, "mask"), original_volume, parse_labels(labels))
+    if not plan.multi:
+        target = plan.targets[0]
+        result, view = _evaluate_sequence(target, mask, mask_path, label_tuple, labels, samples_dir, run_metadata,
+                                          progress)
+        if target.name is not None:
+            result["sequence"] = target.name  # one sequence of a multi-sequence run
+        if report_path is not None:
+            progress.stage("report", f"Drawing the QA report {report_path}")
+            result["report"] = _draw(report_path, view, result)
+        return result
+
+    sections: dict[str, dict[str, Any]] = {}
+    rows = []
+    notes = []
+    recorded = run_metadata.get("sequences") if isinstance(run_metadata.get("sequences"), dict) else {}
+    for target in plan.targets:
+        name = str(target.name)
+        made_from = Path(str((recorded.get(name) or {}).get("image") or ""))
+        # Same grid, wrong file (t1 given as t2) would pass every check but mean nothing: say so.
+        if made_from.name and made_from.is_file() and not _same_file(target.original, made_from):
+            notes.append(f"the {name} original {target.original} is not the image the run was made from ({made_from})")
+        section, view = _evaluate_sequence(target, mask, mask_path, label_tuple, labels, samples_dir, run_metadata,
+                                           progress)
+        sections[name] = section
+        if report_path is not None:
+            # Only the report's slices are kept, not the volumes: four sequences of full-size
+            # samples would otherwise stay in memory together.
+            from .report import sequence_row
+
+            rows.append(sequence_row(name, view["original"], view["lesion"], view["samples"], view["mean"],
+                                     view["std"], view["affine"], section, _sample_names(view["run"])))
+        del view
+    first = next(iter(sections.values()))
+    result: dict[str, Any] = {
+        "samples_dir": str(Path(samples_dir).resolve()),
+        "mask": str(Path(mask_path).resolve()),
+        "run": _case_name([s["stem"] for s in sections.values()], list(sections)),
+        "samples": first["samples"],
+        "preserve": first["preserve"],
+        "sequence_order": list(sections),
+        "lesion_max_abs_diff": max(s["lesion"]["max_abs_diff"] for s in sections.values()),
+        "notes": notes,
+        "sequences": sections,
+    }
+    if report_path is not None:
+        from .report import write_sequences_report
+
+        progress.stage("report", f"Drawing the QA report {report_path}")
+        preserve = f", preserve {result['preserve']}" if result.get("preserve") else ""
+        title = (
+            f"{result['run']}: {len(sections)} sequences, {_count(result['samples'], 'sample')}{preserve}; "
+            f"max |sample - original| in the lesion {result['lesion_max_abs_diff']:.4g} (all sequences)"
+        )
+        result["report"] = write_sequences_report(report_path, rows, title)
+    return result
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _case_name(stems: Sequence[str], names: Sequence[str] = ()) -> str:
+    """What a run's stems share: 'C_t1', 'C_t1ce' of t1, t1ce -> 'C' (each stem without its sequence's name)."""
+    bases = [
+        stem[: -len(name) - 1] if stem.lower().endswith((f"_{name.lower()}", f"-{name.lower()}")) else stem
+        for stem, name in zip(stems, names)
+    ] or list(stems)
+    common = os.path.commonprefix(bases).rstrip("_-. ")
+    return common or ", ".join(stems)
+
+
+def _evaluate_sequence(
+    target: SequenceTarget,
+    mask: Volume,
+    mask_path: str | Path,
+    label_tuple: tuple[int, ...] | None,
+    labels: str | None,
+    samples_dir: str | Path,
+    run_metadata: Mapping[str, Any],
+    progress: Progress,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The single-run metrics of one sequence against its own original, and what the report draws."""
+    run = target.run
+    of = f"{target.name} " if target.name else ""
+    original_what = f"{target.name} original" if target.name else "original image"
+    progress.stage("loading", f"Loading the {original_what}, the mask and {len(run['samples'])} {of}samples")
+    original_volume = load_volume(target.original, original_what)
+    lesion = lesion_on_image_grid(mask, original_volume, label_tuple)
     original = np.asarray(original_volume.data, dtype=np.float32)
-    samples = [_load_on_grid(p, original_volume, "sample") for p in run["samples"]]
+    samples = [_load_on_grid(p, original_volume, f"{of}sample", original_what) for p in run["samples"]]
     regions = m.regions_of(original, lesion)
     data_range = float(original.max() - original.min())
     if not data_range > 0:
-        raise PowdrError("the original image is constant, so SSIM has no intensity range to work with")
+        raise PowdrError(f"the {original_what} is constant, so SSIM has no intensity range to work with")
 
     per_sample = []
     for index, (path, sample) in enumerate(zip(run["samples"], samples), start=1):
-        progress.stage("evaluating", f"SSIM and MS-SSIM of sample {index} of {len(samples)}")
+        progress.stage("evaluating", f"SSIM and MS-SSIM of {of}sample {index} of {len(samples)}")
         ssim = m.ssim_regions(sample, original, regions, data_range)
         ms_ssim, scales = m.ms_ssim_regions(sample, original, regions, data_range)
         per_sample.append(
@@ -137,7 +446,7 @@ def evaluate(
             }
         )
 
-    progress.stage("evaluating", "Realism of the new tissue")
+    progress.stage("evaluating", f"Realism of the new {of}tissue")
     brain = original > original.min()
     scale = m.intensity_range(original, brain)
     outside = regions["outside"]
@@ -161,7 +470,7 @@ def evaluate(
     else:
         realism["pairwise_difference_pct"] = None
 
-    progress.stage("evaluating", "Diversity and the std map")
+    progress.stage("evaluating", f"Diversity and the {of}std map")
     if len(samples) >= 2:
         diversity = {
             "cosine": m.pairwise_cosine(samples).as_dict(),
@@ -171,13 +480,13 @@ def evaluate(
         diversity = {"cosine": None, "kl": None, "note": "diversity needs at least 2 samples"}
 
     if run["std"] is not None:
-        std = _load_on_grid(run["std"], original_volume, "std map")
+        std = _load_on_grid(run["std"], original_volume, f"{of}std map", original_what)
         std_source = Path(run["std"]).name
     else:
         std = np.std(np.stack(samples), axis=0) if len(samples) > 1 else np.zeros_like(original)
         std_source = "computed from the samples"
     mean = (
-        _load_on_grid(run["mean"], original_volume, "mean map")
+        _load_on_grid(run["mean"], original_volume, f"{of}mean map", original_what)
         if run["mean"] is not None
         else np.mean(np.stack(samples), axis=0)
     )
@@ -187,7 +496,7 @@ def evaluate(
 
     options = run_metadata.get("options", {}) if isinstance(run_metadata.get("options"), dict) else {}
     result: dict[str, Any] = {
-        "original": str(Path(original_path).resolve()),
+        "original": str(Path(target.original).resolve()),
         "mask": str(Path(mask_path).resolve()),
         "samples_dir": str(Path(samples_dir).resolve()),
         "stem": run["stem"],
@@ -223,17 +532,20 @@ def evaluate(
         "per_sample": per_sample,
         "std_map": {"source": std_source, **m.std_map_stats(std, lesion, regions["outside"])},
     }
-    if report_path is not None:
-        progress.stage("report", f"Drawing the QA report {report_path}")
-        info = _draw(report_path, original_volume, original, lesion, samples, run, mean, std, result)
-        result["report"] = info
-    return result
+    view = {
+        "original": original, "lesion": lesion, "samples": samples[:2], "mean": mean, "std": std,
+        "affine": original_volume.affine, "run": run,
+    }
+    return result, view
 
 
-def _draw(report_path, original_volume, original, lesion, samples, run, mean, std, result) -> dict[str, Any]:
+def _sample_names(run: Mapping[str, Any]) -> list[str]:
+    return [f"Sample {i + 1} ({_short(p)})" for i, p in enumerate(run["samples"][:2])]
+
+
+def _draw(report_path: str | Path, view: Mapping[str, Any], result: dict[str, Any]) -> dict[str, Any]:
     from .report import write_report
 
-    names = [f"Sample {i + 1} ({_short(p)})" for i, p in enumerate(run["samples"][:2])]
     preserve = f", preserve {result['preserve']}" if result.get("preserve") else ""
     title = (
         f"{result['stem']}: {result['samples']} samples{preserve}; "
@@ -241,7 +553,8 @@ def _draw(report_path, original_volume, original, lesion, samples, run, mean, st
         f"{result['lesion']['max_abs_diff']:.4g}"
     )
     return write_report(
-        report_path, original, lesion, samples[:2], mean, std, original_volume.affine, result, title, names
+        report_path, view["original"], view["lesion"], view["samples"], view["mean"], view["std"], view["affine"],
+        result, title, _sample_names(view["run"]),
     )
 
 
@@ -255,9 +568,23 @@ def _num(value: Any, digits: int = 3) -> str:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """A short plain-text summary of :func:`evaluate`'s result."""
+    """A short plain-text summary of :func:`evaluate`'s result: one block per sequence of a multi run."""
+    if "sequences" not in result:
+        return _format_block(result, "")
+    blocks = [_format_block(section, f"== {name} == ") for name, section in result["sequences"].items()]
+    tail = [
+        f"{result['run']}: {len(result['sequences'])} sequences ({', '.join(result['sequences'])}); "
+        f"max |sample - original| in the lesion over all of them {result['lesion_max_abs_diff']:.4g}"
+    ]
+    tail += [f"note: {note}" for note in result.get("notes", [])]
+    if "report" in result:
+        tail.append(f"report: {result['report']['path']}")
+    return "\n\n".join(blocks) + "\n\n" + "\n".join(tail)
+
+
+def _format_block(result: dict[str, Any], heading: str) -> str:
     lines = [
-        f"{result['stem']}: {result['samples']} samples, lesion {result['lesion']['voxels']:,} voxels "
+        f"{heading}{result['stem']}: {result['samples']} samples, lesion {result['lesion']['voxels']:,} voxels "
         f"(SSIM window {result['settings']['ssim_window']}^3, MS-SSIM {result['settings']['ms_ssim_scales']} scales)",
         f"{'':<12}{'SSIM in':>9}{'SSIM out':>10}{'MS-SSIM in':>12}{'MS-SSIM out':>13}{'max|Δ| lesion':>15}",
     ]
@@ -321,6 +648,29 @@ def write_metrics_json(path: Path, payload: dict[str, Any]) -> None:
     write_json_atomic(path, strict_json(payload), allow_nan=False)
 
 
+def parse_originals(values: list[str] | None) -> str | dict[str, str] | None:
+    """``--original`` values -> one path, {sequence: path} (SEQUENCE=FILE), or None when none is given."""
+    if not values:
+        return None
+    named: dict[str, str] = {}
+    plain: list[str] = []
+    for value in values:
+        name, separator, path = value.partition("=")
+        # A file whose name holds '=' is still a file: only an absent path is read as SEQUENCE=FILE.
+        if separator and SEQUENCE_NAME.match(name) and path and not Path(value).exists():
+            if name.lower() in named:
+                raise PowdrError(f"--original names {name} twice")
+            named[name.lower()] = path
+        else:
+            plain.append(value)
+    if plain and (named or len(plain) > 1):
+        raise PowdrError(
+            "give the originals of several sequences as SEQUENCE=FILE, one --original per sequence "
+            "(e.g. --original t1=A.nii.gz --original flair=B.nii.gz)"
+        )
+    return plain[0] if plain else named
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
@@ -328,11 +678,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Diversity (pairwise cosine similarity and histogram KL divergence), fidelity "
             "(3-D SSIM and MS-SSIM inside and outside the lesion), lesion preservation "
-            "(max |sample - original| in the lesion) and std-map statistics."
+            "(max |sample - original| in the lesion) and std-map statistics. A run of several "
+            "sequences is evaluated sequence by sequence, each against its own original."
         ),
     )
-    parser.add_argument("--original", required=True, help="the image the samples were made from")
-    parser.add_argument("--mask", required=True, help="its lesion mask or label map")
+    parser.add_argument(
+        "--original", action="append", metavar="[SEQUENCE=]FILE",
+        help="the image the samples were made from; for a run of several sequences one per sequence, "
+        "e.g. --original t1=A.nii.gz --original t1ce=B.nii.gz --original t2=C.nii.gz --original flair=D.nii.gz "
+        "(default: the image(s) the run recorded in its metadata)",
+    )
+    parser.add_argument("--mask", default=None, help="its lesion mask or label map (default: the run's)")
     parser.add_argument("--samples", required=True,
                         help="the folder written by 'sample' (or one 'generate' case folder)")
     parser.add_argument("--labels", default=None,
@@ -348,7 +704,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.report and not str(args.report).lower().endswith(".png"):
         raise PowdrError("--report must name a .png file")
     progress = Progress(args.progress)
-    result = evaluate(args.original, args.mask, args.samples, args.labels, args.stem, args.report, progress)
+    original = parse_originals(args.original)
+    result = evaluate(original, args.mask, args.samples, args.labels, args.stem, args.report, progress)
     table_stream = sys.stderr if args.json == "-" else sys.stdout
     if args.progress != "json":
         print(format_table(result), file=table_stream, flush=True)

@@ -108,6 +108,16 @@ def test_json_to_standard_output(sampled, brats_case):
     assert result["lesion"]["max_abs_diff"] == 0.0 and "SSIM in" in err
 
 
+def test_run_metadata_supplies_the_original_and_mask(sampled, brats_case, evaluated):
+    """Left out, --original and --mask are the image and mask the run recorded: the same figures."""
+    code, out, err = qa_data.run_cli("evaluate", "--samples", sampled, "--json", "-", "--progress", "none")
+    assert code == 0, err
+    result = _strict(out)
+    assert result["original"] == str(brats_case["image"].resolve()) and "sequences" not in result
+    assert result["mask"] == str(brats_case["mask"].resolve())
+    assert result == {k: v for k, v in evaluated["json"].items() if k != "report"}
+
+
 def test_model_preservation_is_detected(brats_dir, tiny_checkpoint, tmp_path):
     """With --preserve model the raw network output is kept, and evaluate sees the difference."""
     case = qa_data.reduced_cases(brats_dir, tmp_path / "cases", 1)[0]
@@ -125,6 +135,13 @@ def test_model_preservation_is_detected(brats_dir, tiny_checkpoint, tmp_path):
     result = _strict(stdout)
     assert result["preserve"] == "model" and result["lesion"]["max_abs_diff"] > 0
     assert result["settings"]["ms_ssim_scales"] == 4  # 78 slices: 78 -> 39 -> 19 -> 9
+    # The form of a multi-sequence run, naming the run's one sequence, means the same.
+    code, stdout, err = qa_data.run_cli(
+        "evaluate", "--original", f"t1={case['image']}", "--mask", case["mask"], "--samples", out, "--json", "-",
+        "--progress", "none",
+    )
+    assert code == 0, err
+    assert _strict(stdout) == result
 
 
 def test_clear_errors(brats_case, tmp_path, sampled):
@@ -139,6 +156,16 @@ def test_clear_errors(brats_case, tmp_path, sampled):
         "--report", tmp_path / "qa.jpg",
     )
     assert code == 2 and ".png" in err
+    # A single-sequence run has one original; naming several sequences is refused in one sentence.
+    code, _, err = qa_data.run_cli(
+        "evaluate", "--original", f"t1={brats_case['image']}", "--original", f"t2={brats_case['image']}",
+        "--mask", brats_case["mask"], "--samples", sampled,
+    )
+    assert code == 2 and "is of t1 only" in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = qa_data.run_cli(
+        "evaluate", "--original", f"flair={brats_case['image']}", "--mask", brats_case["mask"], "--samples", sampled,
+    )
+    assert code == 2 and "is of t1 only" in err and "not flair" in err, err
 
 
 def test_samples_on_another_grid_are_refused(brats_dir, sampled, tmp_path):
