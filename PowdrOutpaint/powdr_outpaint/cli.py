@@ -51,6 +51,36 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+def named_files(values: list[str] | None, option: str) -> str | dict[str, str] | None:
+    """Repeated ``--image``/``--original`` values -> one path, {sequence: path}, or None if none.
+
+    ``SEQUENCE=FILE`` names a sequence; a value is read that way only when it is not itself an
+    existing file (a file name may hold '='). Names are case-insensitive.
+    """
+    from pathlib import Path
+
+    from .checkpoint import SEQUENCE_NAME
+
+    if not values:
+        return None
+    named: dict[str, str] = {}
+    plain: list[str] = []
+    for value in values:
+        name, separator, path = value.partition("=")
+        if separator and SEQUENCE_NAME.match(name) and path and not Path(value).exists():
+            if name.lower() in named:
+                raise PowdrError(f"{option} names {name} twice")
+            named[name.lower()] = path
+        else:
+            plain.append(value)
+    if plain and (named or len(plain) > 1):
+        raise PowdrError(
+            f"give the files of several sequences as SEQUENCE=FILE, one {option} per sequence "
+            f"(e.g. {option} t1=A.nii.gz {option} flair=B.nii.gz)"
+        )
+    return plain[0] if plain else named
+
+
 def command_help(name: str) -> str:
     """The one-line help of command ``name``."""
     return COMMANDS[name].help

@@ -26,8 +26,7 @@ import numpy as np
 
 from . import metrics as m
 from .atomic import write_json_atomic
-from .checkpoint import SEQUENCE_NAME
-from .cli import command_help
+from .cli import command_help, named_files
 from .errors import PowdrError
 from .outpaint import sequence_stem
 from .preprocess import lesion_on_image_grid, parse_labels
@@ -648,29 +647,6 @@ def write_metrics_json(path: Path, payload: dict[str, Any]) -> None:
     write_json_atomic(path, strict_json(payload), allow_nan=False)
 
 
-def parse_originals(values: list[str] | None) -> str | dict[str, str] | None:
-    """``--original`` values -> one path, {sequence: path} (SEQUENCE=FILE), or None when none is given."""
-    if not values:
-        return None
-    named: dict[str, str] = {}
-    plain: list[str] = []
-    for value in values:
-        name, separator, path = value.partition("=")
-        # A file whose name holds '=' is still a file: only an absent path is read as SEQUENCE=FILE.
-        if separator and SEQUENCE_NAME.match(name) and path and not Path(value).exists():
-            if name.lower() in named:
-                raise PowdrError(f"--original names {name} twice")
-            named[name.lower()] = path
-        else:
-            plain.append(value)
-    if plain and (named or len(plain) > 1):
-        raise PowdrError(
-            "give the originals of several sequences as SEQUENCE=FILE, one --original per sequence "
-            "(e.g. --original t1=A.nii.gz --original flair=B.nii.gz)"
-        )
-    return plain[0] if plain else named
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
@@ -704,7 +680,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.report and not str(args.report).lower().endswith(".png"):
         raise PowdrError("--report must name a .png file")
     progress = Progress(args.progress)
-    original = parse_originals(args.original)
+    original = named_files(args.original, "--original")
     result = evaluate(original, args.mask, args.samples, args.labels, args.stem, args.report, progress)
     table_stream = sys.stderr if args.json == "-" else sys.stdout
     if args.progress != "json":

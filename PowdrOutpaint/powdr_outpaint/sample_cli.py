@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from .checkpoint import SEQUENCE_NAME
-from .cli import command_help
-from .errors import PowdrError
+from .cli import command_help, named_files
 from .outpaint import PRESERVE_MODES, OutpaintOptions, run_outpaint
 from .progress import Progress
 from .samplers import SAMPLERS
@@ -64,25 +61,5 @@ def _run(args: argparse.Namespace) -> int:
         refine_sampler=args.refine_sampler,
     )
     progress = Progress(args.progress, min_interval_s=0.2)
-    run_outpaint(parse_images(args.image), args.mask, args.checkpoint, args.out, options, progress)
+    run_outpaint(named_files(args.image, "--image"), args.mask, args.checkpoint, args.out, options, progress)
     return 0
-
-
-def parse_images(values: list[str]) -> str | dict[str, str]:
-    """``--image`` values -> one path, or {sequence: path} when they are given as SEQUENCE=FILE."""
-    named: dict[str, str] = {}
-    plain: list[str] = []
-    for value in values:
-        name, separator, path = value.partition("=")
-        if separator and SEQUENCE_NAME.match(name) and not Path(value).exists():
-            if name.lower() in named:
-                raise PowdrError(f"--image names {name} twice")
-            named[name.lower()] = path
-        else:
-            plain.append(value)
-    if plain and (named or len(plain) > 1):
-        raise PowdrError(
-            "give several images as SEQUENCE=FILE, one --image per sequence (e.g. --image t1=A.nii.gz "
-            "--image flair=B.nii.gz)"
-        )
-    return plain[0] if plain else named
