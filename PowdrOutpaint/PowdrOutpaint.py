@@ -33,6 +33,8 @@ from PowdrOutpaintLib import (
     defaultCheckpointPath,
 )
 from PowdrOutpaintLib import dependencies
+from PowdrOutpaintLib.inputs import resolveInputVolumes, volumesMatchingSequences
+from PowdrOutpaintLib.modelcard import joinLabels, sequenceLabel, sequencesOfCard
 
 try:
     from slicer.i18n import tr as _
@@ -49,6 +51,11 @@ __all__ = ["PowdrOutpaint", "PowdrOutpaintWidget", "PowdrOutpaintLogic", "PowdrO
 SETTINGS_CHECKPOINT = "PowdrOutpaint/CheckpointPath"
 SETTINGS_CHECKPOINT_HISTORY = "PowdrOutpaint/CheckpointHistory"
 SETTINGS_EXPORT_DIRECTORY = "PowdrOutpaint/ExportDirectory"
+
+#: The parameters of the per-sequence volume selectors: a model of several sequences (e.g. T1,
+#: T1ce, T2, FLAIR) takes one volume per sequence, in its channel order; a single-sequence model
+#: uses only the first. The logic takes any number of sequences; the panel up to these four.
+INPUT_VOLUME_PARAMETERS = ("inputVolume", "inputVolume2", "inputVolume3", "inputVolume4")
 
 
 #
@@ -70,12 +77,16 @@ Pathology-preserving outpainting of 3-D MRI. Keep a real lesion (a segmentation 
 and generate N synthetic volumes around it with a conditional wavelet diffusion model, together
 with the voxel-wise mean and standard deviation of the samples.
 <ul>
-<li>Choose the MRI, the lesion and a model checkpoint; its model card is shown below the path.</li>
+<li>Choose a model checkpoint; its model card is shown below the path. A model of several MRI
+sequences (e.g. T1, T1ce, T2 and FLAIR) asks for one volume per sequence, all of the same case;
+volumes whose names end with a sequence's name (<i>CASE_t1ce</i>) are picked for it.</li>
+<li>Choose the MRI and the lesion.</li>
 <li>Press <b>Generate samples</b>. The run happens in a separate process: Slicer stays responsive,
 <b>Cancel</b> stops it and adds nothing.</li>
 <li>Results appear under the input's study: a sequence of samples (scrub with the sequence browser
 slider), <i>_sNN</i> volumes, mean and std maps, shown as original | sample | mean with the std
-map as overlay and the lesion outlined.</li>
+map as overlay and the lesion outlined. A model of several sequences gives these for every
+sequence, on its own volume's grid; the slider shows the same sample of all of them.</li>
 <li><b>Export</b> writes each sample with its lesion mask as NIfTI files.</li>
 </ul>
 See the project's README for batch use without the GUI.
@@ -96,7 +107,10 @@ Bakas et al., Sci. Data 2017).
 class PowdrOutpaintParameterNode:
     """Settings of the module panel, saved with the scene.
 
-    inputVolume - the MRI to outpaint.
+    inputVolume - the MRI to outpaint; for a model of several sequences, the first sequence's volume.
+    inputVolume2, inputVolume3, inputVolume4 - the second to fourth sequences' volumes of a model of
+        several sequences (node references, like every node here: saved with the scene, restored by
+        undo); a single-sequence model ignores them.
     lesionNode - the lesion: a segmentation or a label map volume.
     checkpointPath - the model checkpoint file.
     numberOfSamples, numberOfSteps, sampler, eta, seed, device, preserve, batchSize - sampling settings.
@@ -104,6 +118,9 @@ class PowdrOutpaintParameterNode:
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
+    inputVolume2: vtkMRMLScalarVolumeNode
+    inputVolume3: vtkMRMLScalarVolumeNode
+    inputVolume4: vtkMRMLScalarVolumeNode
     # None must be part of a union of node types: the wrapper writes None as the default.
     lesionNode: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]
     checkpointPath: str = ""
@@ -137,6 +154,9 @@ class PowdrOutpaintWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pollTimer = None
         self._updatingGui = False
         self._shownCheckpoint = None
+        #: The sequences the chosen checkpoint makes, in channel order (() when it cannot be read)
+        self._sequences = ()
+        self._shownResult = None
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -162,6 +182,7 @@ class PowdrOutpaintWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.editLesionButton.connect("clicked(bool)", self.onEditLesionButton)
         self.ui.showResultsButton.connect("clicked(bool)", self.onShowResultsButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.ui.resultsSequenceComboBox.connect("currentIndexChanged(int)", self.onResultsSequenceChanged)
 
         # The worker reports through a queue; this timer drains it in the GUI thread
         self._pollTimer = qt.QTimer()
@@ -203,21 +224,56 @@ class PowdrOutpaintWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode is None or self._parameterNode.parameterNode is not node:
             self.setParameterNode(PowdrOutpaintParameterNode(node))
         parameterNode = self._parameterNode
-        if not parameterNode.inputVolume:
-            volumes = [node for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-                       if not node.IsA("vtkMRMLLabelMapVolumeNode")]
+        if not parameterNode.checkpointPath:
+            saved = str(qt.QSettings().value(SETTINGS_CHECKPOINT, "") or "")
+            # A first run needs no file choice: the bundled demo model is the default.
+            parameterNode.checkpointPath = saved if os.path.isfile(saved) else defaultCheckpointPath()
+        self.updateModelCard()  # the checkpoint says which volumes it needs
+        if len(self._sequences) > 1:
+            self.fillSequenceVolumes()
+        elif not parameterNode.inputVolume:
+            volumes = self.candidateVolumes()
             if volumes:
                 parameterNode.inputVolume = volumes[0]
         if not parameterNode.lesionNode:
             segmentationNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
             if segmentationNode:
                 parameterNode.lesionNode = segmentationNode
-        if not parameterNode.checkpointPath:
-            saved = str(qt.QSettings().value(SETTINGS_CHECKPOINT, "") or "")
-            # A first run needs no file choice: the bundled demo model is the default.
-            parameterNode.checkpointPath = saved if os.path.isfile(saved) else defaultCheckpointPath()
         if not parameterNode.exportDirectory:
             parameterNode.exportDirectory = str(qt.QSettings().value(SETTINGS_EXPORT_DIRECTORY, "") or "")
+
+    @staticmethod
+    def candidateVolumes() -> list:
+        """The scene's MRI volumes, without label maps and without results of earlier runs."""
+        return [node for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                if not node.IsA("vtkMRMLLabelMapVolumeNode") and not node.GetAttribute("PowdrOutpaint.Input")]
+
+    def fillSequenceVolumes(self) -> None:
+        """Fill the empty selectors of a model of several sequences with the volumes named after them.
+
+        ``CASE_t1ce`` goes to T1ce; a selector whose sequence no volume (or more than one) is named
+        after stays empty. Chosen volumes are never replaced.
+        """
+        parameterNode = self._parameterNode
+        sequences = self._sequences[:len(INPUT_VOLUME_PARAMETERS)]
+        if parameterNode is None or len(sequences) < 2:
+            return
+        taken = {parameterNode.getValue(name).GetID() for name in INPUT_VOLUME_PARAMETERS
+                 if parameterNode.getValue(name) is not None}
+        matches = volumesMatchingSequences(self.candidateVolumes(), sequences)
+        for sequence, name in zip(sequences, INPUT_VOLUME_PARAMETERS):
+            volume = matches.get(sequence)
+            if parameterNode.getValue(name) is None and volume is not None and volume.GetID() not in taken:
+                parameterNode.setValue(name, volume)
+                taken.add(volume.GetID())
+
+    def selectedInputVolumes(self):
+        """What the logic takes: the volume, or {sequence: volume} for a model of several sequences."""
+        parameterNode = self._parameterNode
+        if len(self._sequences) < 2:
+            return parameterNode.inputVolume
+        return {sequence: parameterNode.getValue(name)
+                for sequence, name in zip(self._sequences, INPUT_VOLUME_PARAMETERS)}
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
@@ -258,6 +314,7 @@ class PowdrOutpaintWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.etaSliderWidget.enabled = parameterNode.sampler == "ddim"
             self.updateLesionGui()
             self.updateModelCard()
+            self.updateSequenceSelectors()
             self.updateRunButtons()
         finally:
             self._updatingGui = False
@@ -279,18 +336,35 @@ class PowdrOutpaintWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             segmentIds = []
         self.ui.segmentSelector.setSelectedSegmentIDs(segmentIds)
 
+    def volumesProblem(self) -> Optional[str]:
+        """Why the chosen volumes cannot be run with the chosen model (None: they can)."""
+        sequences = self._sequences
+        if len(sequences) > len(INPUT_VOLUME_PARAMETERS):
+            return _("This model makes {count} sequences together; the panel takes up to {most}: run it from "
+                     "Python with PowdrOutpaintLogic().process({{sequence: volume, ...}}, ...).").format(
+                count=len(sequences), most=len(INPUT_VOLUME_PARAMETERS))
+        if len(sequences) > 1:
+            try:
+                resolveInputVolumes(self.selectedInputVolumes(), sequences)
+            except ValueError as error:
+                return str(error)  # names the sequences without a volume, or a volume chosen twice
+            return None
+        if not self._parameterNode.inputVolume:
+            return _("Select the MRI volume.")
+        return None
+
     def updateRunButtons(self) -> None:
         running = self._job is not None and not self._job.finished
         parameterNode = self._parameterNode
-        problem = None
         if parameterNode is None:
             problem = _("No parameter node.")
-        elif not parameterNode.inputVolume:
-            problem = _("Select the MRI volume.")
-        elif not parameterNode.lesionNode:
-            problem = _("Select the lesion (a segmentation or a label map).")
-        elif not parameterNode.checkpointPath or not os.path.isfile(parameterNode.checkpointPath):
-            problem = _("Select a model checkpoint file.")
+        else:
+            problem = self.volumesProblem()
+            if problem is None and not parameterNode.lesionNode:
+                problem = _("Select the lesion (a segmentation or a label map).")
+            checkpointPath = parameterNode.checkpointPath
+            if problem is None and (not checkpointPath or not os.path.isfile(checkpointPath)):
+                problem = _("Select a model checkpoint file.")
         self.ui.applyButton.enabled = problem is None and not running
         self.ui.applyButton.toolTip = problem or _("Generate the samples, their mean and their standard deviation.")
         if parameterNode is not None:
@@ -304,6 +378,7 @@ class PowdrOutpaintWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if path == self._shownCheckpoint:
             return
         self._shownCheckpoint = path
+        self._sequences = ()
         if not path:
             self.ui.modelCardLabel.text = _("No checkpoint selected.")
             return
@@ -313,11 +388,41 @@ class PowdrOutpaintWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             # Plain Python, milliseconds, no torch needed: fine in the GUI thread
             card = self.logic.readModelCard(path)
+            self._sequences = sequencesOfCard(card)
             self.ui.modelCardLabel.text = self.logic.formatModelCard(card)
             self.ui.modelCardLabel.toolTip = ""
         except PowdrOutpaintError as error:
             self.ui.modelCardLabel.text = str(error)
             self.ui.modelCardLabel.toolTip = error.log
+
+    def inputVolumeRows(self) -> list:
+        """(label, selector) of each per-sequence volume selector, in INPUT_VOLUME_PARAMETERS order."""
+        return [(self.ui.inputVolumeLabel, self.ui.inputVolumeSelector),
+                (self.ui.inputVolume2Label, self.ui.inputVolume2Selector),
+                (self.ui.inputVolume3Label, self.ui.inputVolume3Selector),
+                (self.ui.inputVolume4Label, self.ui.inputVolume4Selector)]
+
+    def updateSequenceSelectors(self) -> None:
+        """One labelled volume selector per sequence of the model ("T1 volume:", "FLAIR volume:"...);
+        a single-sequence model (or an unreadable checkpoint) shows the one "MRI volume" selector."""
+        sequences = self._sequences if len(self._sequences) > 1 else ()
+        for index, (label, selector) in enumerate(self.inputVolumeRows()):
+            shown = index == 0 or index < len(sequences)
+            label.visible = shown
+            selector.visible = shown
+            if not sequences:
+                if index == 0:
+                    label.text = _("MRI volume:")
+                    selector.toolTip = _("The MRI to outpaint. It is never modified; results are new volumes "
+                                         "on its grid.")
+                continue
+            if shown:
+                name = sequenceLabel(sequences[index])
+                label.text = _("{sequence} volume:").format(sequence=name)
+                selector.toolTip = _(
+                    "The {sequence} volume of the case (sequence {number} of {count} the model makes together). "
+                    "It is never modified; the {sequence} results are new volumes on its grid.").format(
+                    sequence=name, number=index + 1, count=len(sequences))
 
     def updateResultsGui(self) -> None:
         result = self._result
@@ -325,14 +430,43 @@ class PowdrOutpaintWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             result = self._result = None  # the nodes were deleted
         self.ui.showResultsButton.enabled = result is not None
         self.ui.exportButton.enabled = result is not None
+        several = result is not None and len(result.sequenceResults) > 1
+        self.ui.resultsSequenceLabel.visible = several
+        self.ui.resultsSequenceComboBox.visible = several
+        if result is not self._shownResult:
+            # The sequences the views can show: filled once per result, first sequence chosen
+            self._shownResult = result
+            wasUpdating, self._updatingGui = self._updatingGui, True  # no "show" while the list is refilled
+            try:
+                self.ui.resultsSequenceComboBox.clear()
+                for own in (result.sequenceResults if several else []):
+                    self.ui.resultsSequenceComboBox.addItem(sequenceLabel(own.sequenceName))
+                if several:
+                    self.ui.resultsSequenceComboBox.currentIndex = 0
+            finally:
+                self._updatingGui = wasUpdating
         if result is None:
             self.ui.resultsLabel.text = _("No results yet.")
+        elif several:
+            self.ui.resultsLabel.text = _(
+                "{count} samples of {sequences} in {seconds}: for each sequence a sequence of samples, mean, std "
+                "and lesion volumes; the browser '{browser}' shows the same sample of every sequence."
+            ).format(count=len(result.sampleNodes), sequences=joinLabels(result.bySequence),
+                     seconds=OutpaintProgress.formatDuration(result.seconds), browser=result.browserNode.GetName())
         else:
             self.ui.resultsLabel.text = _(
                 "{count} samples of '{name}' in {seconds}: sequence '{sequence}', mean, std and lesion volumes."
             ).format(count=len(result.sampleNodes), name=result.inputVolume.GetName(),
                      seconds=OutpaintProgress.formatDuration(result.seconds),
                      sequence=result.sequenceNode.GetName())
+
+    def shownSequence(self):
+        """The sequence the views show: the one chosen under Results (None: the first)."""
+        result = self._result
+        if result is None or len(result.sequenceResults) < 2:
+            return None
+        index = self.ui.resultsSequenceComboBox.currentIndex
+        return result.sequenceResults[index].sequenceName if 0 <= index < len(result.sequenceResults) else None
 
     # ------------------------------------------------------------------ reactions
     def onCheckpointPathChanged(self, path) -> None:
@@ -341,6 +475,14 @@ class PowdrOutpaintWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode.checkpointPath = path
         if path and os.path.isfile(path):
             qt.QSettings().setValue(SETTINGS_CHECKPOINT, path)
+        self.updateModelCard()
+        self.fillSequenceVolumes()  # a model of several sequences: pick the volumes named after them
+
+    def onResultsSequenceChanged(self, index) -> None:
+        if self._updatingGui or self._result is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not show the results."), waitCursor=True):
+            self.showResults()
 
     def onExportDirectoryChanged(self, directory) -> None:
         if self._parameterNode is None or self._updatingGui or not os.path.isabs(directory):
@@ -417,7 +559,7 @@ class PowdrOutpaintWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.setRange(0, 1000)
             self.ui.progressBar.value = 0
             self._job = self.logic.process(
-                parameterNode.inputVolume,
+                self.selectedInputVolumes(),
                 parameterNode.lesionNode,
                 parameterNode.checkpointPath,
                 numberOfSamples=parameterNode.numberOfSamples,
@@ -459,6 +601,8 @@ class PowdrOutpaintWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.setRange(0, 1000)
         if job.state == "completed":
             self._result = job.result
+            for note in job.result.metadata.get("notes") or []:  # e.g. a sequence on a grid of its own
+                self.ui.logTextEdit.appendPlainText(_("Note: {note}").format(note=note))
             self.ui.progressBar.value = 1000
             self.ui.statusLabel.text = _("Done in {seconds}.").format(
                 seconds=OutpaintProgress.formatDuration(job.result.seconds))
@@ -484,7 +628,7 @@ class PowdrOutpaintWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         result = self._result
         if result is None:
             return
-        if not self.logic.showResults(result) or slicer.app.layoutManager() is None:
+        if not self.logic.showResults(result, sequence=self.shownSequence()) or slicer.app.layoutManager() is None:
             return  # no views to show them in (e.g. --no-main-window)
         slicer.util.resetSliceViews()
         self.logic.centerViewsOnLesion(result)
@@ -532,13 +676,43 @@ class PowdrOutpaintTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_PowdrOutpaint1()
+        self.setUp()
+        self.test_PowdrOutpaint2()
 
-    def _makeTinyCheckpoint(self, logic):
+    def _makeTinyCheckpoint(self, logic, modality=None):
         folder = slicer.util.tempDirectory("PowdrOutpaintTest")
         path = os.path.join(folder, "tiny.pt")
-        completed = logic.engine.run("init-checkpoint", "--preset", "tiny", "--out", path, timeout=600)
+        arguments = ["init-checkpoint", "--preset", "tiny", "--out", path]
+        if modality:
+            arguments += ["--modality", modality]
+        completed = logic.engine.run(*arguments, timeout=600)
         self.assertEqual(completed.returncode, 0, completed.stderr)
         return folder, path
+
+    def _skipWithoutDependencies(self):
+        missing = dependencies.missingRequirements()
+        if missing:
+            self.skipTest("PowdrOutpaint's Python packages are not installed ("
+                          + ", ".join(requirement.distribution for requirement in missing)
+                          + "): press Generate in the module once to install them, then run the test again.")
+
+    @staticmethod
+    def _sphereLesion(inputVolume, offset=(10, 0, 6), radius=16):
+        """A spherical "lesion" segmentation inside the head."""
+        bounds = [0.0] * 6
+        inputVolume.GetRASBounds(bounds)
+        center = [(bounds[2 * axis] + bounds[2 * axis + 1]) / 2 + offset[axis] for axis in range(3)]
+        sphere = vtk.vtkSphereSource()
+        sphere.SetCenter(center)
+        sphere.SetRadius(radius)
+        sphere.SetPhiResolution(30)
+        sphere.SetThetaResolution(30)
+        sphere.Update()
+        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "lesion")
+        segmentationNode.CreateDefaultDisplayNodes()
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
+        segmentationNode.AddSegmentFromClosedSurfaceRepresentation(sphere.GetOutput(), "lesion", [1.0, 0.85, 0.0])
+        return segmentationNode
 
     @staticmethod
     def _syntheticHead():
@@ -556,11 +730,7 @@ class PowdrOutpaintTest(ScriptedLoadableModuleTest):
     def test_PowdrOutpaint1(self):
         import numpy as np
 
-        missing = dependencies.missingRequirements()
-        if missing:
-            self.skipTest("PowdrOutpaint's Python packages are not installed ("
-                          + ", ".join(requirement.distribution for requirement in missing)
-                          + "): press Generate in the module once to install them, then run the test again.")
+        self._skipWithoutDependencies()
 
         self.delayDisplay("Making a synthetic head volume")
         inputVolume = self._syntheticHead()
@@ -570,19 +740,7 @@ class PowdrOutpaintTest(ScriptedLoadableModuleTest):
         inputMatrix = slicer.util.arrayFromVTKMatrix(inputMatrix)
 
         # A spherical "lesion" (16 mm radius) inside the head
-        bounds = [0.0] * 6
-        inputVolume.GetRASBounds(bounds)
-        center = [(bounds[0] + bounds[1]) / 2 + 10, (bounds[2] + bounds[3]) / 2, (bounds[4] + bounds[5]) / 2 + 6]
-        sphere = vtk.vtkSphereSource()
-        sphere.SetCenter(center)
-        sphere.SetRadius(16)
-        sphere.SetPhiResolution(30)
-        sphere.SetThetaResolution(30)
-        sphere.Update()
-        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "lesion")
-        segmentationNode.CreateDefaultDisplayNodes()
-        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
-        segmentationNode.AddSegmentFromClosedSurfaceRepresentation(sphere.GetOutput(), "lesion", [1.0, 0.85, 0.0])
+        segmentationNode = self._sphereLesion(inputVolume)
 
         logic = PowdrOutpaintLogic()
         folder, checkpointPath = self._makeTinyCheckpoint(logic)
@@ -641,4 +799,63 @@ class PowdrOutpaintTest(ScriptedLoadableModuleTest):
         self.assertTrue(str(context.exception))
         self.assertNotIn("Traceback", str(context.exception))
 
+        self.delayDisplay("Test passed")
+
+    def test_PowdrOutpaint2(self):
+        """A model of two sequences (T1 and T2): one volume each, on grids of their own."""
+        import numpy as np
+
+        self._skipWithoutDependencies()
+        self.delayDisplay("Making T1 and T2 volumes on different grids")
+        t1Volume = self._syntheticHead()
+        t1Volume.SetName("SyntheticHead_t1")
+        t1Array = np.array(slicer.util.arrayFromVolume(t1Volume))
+        # The T2: another contrast, cropped by (k, j, i) = (4, 6, 2) voxels, so on a grid of its own
+        t2Array = np.ascontiguousarray(np.where(t1Array > 0, 900.0 - t1Array, 0.0)[4:60, 6:90, 2:92], np.float32)
+        t2IJKToRAS = np.diag([-2.0, -2.0, 2.0, 1.0])
+        t2IJKToRAS[:3, 3] = [96.0 - 2 * 2, 90.0 - 2 * 6, -60.0 + 2 * 4]
+        t2Volume = slicer.util.addVolumeFromArray(t2Array, t2IJKToRAS, "SyntheticHead_t2")
+        segmentationNode = self._sphereLesion(t1Volume)
+
+        logic = PowdrOutpaintLogic()
+        folder, checkpointPath = self._makeTinyCheckpoint(logic, modality="t1,t2")
+        card = logic.readModelCard(checkpointPath)
+        self.assertEqual(card["sequences"], ["t1", "t2"])
+        self.assertIn("Sequences: T1, T2", logic.formatModelCard(card))
+
+        self.delayDisplay("A missing sequence gives one clear error")
+        nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
+        with self.assertRaises(ValueError) as context:
+            logic.process({"t1": t1Volume}, segmentationNode, checkpointPath, numberOfSamples=2, numberOfSteps=3,
+                          device="cpu")
+        self.assertIn("select a volume for T2", str(context.exception))
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
+
+        self.delayDisplay("Outpainting T1 and T2 together: 2 samples with 3 steps")
+        result = logic.process({"t1": t1Volume, "t2": t2Volume}, segmentationNode, checkpointPath,
+                               numberOfSamples=2, numberOfSteps=3, seed=0, device="cpu")
+        self.assertEqual([own.sequenceName for own in result.sequenceResults], ["t1", "t2"])
+        for own, volume, inputArray in zip(result.sequenceResults, (t1Volume, t2Volume), (t1Array, t2Array)):
+            self.assertIs(own.inputVolume, volume)
+            inputMatrix = vtk.vtkMatrix4x4()
+            volume.GetIJKToRASMatrix(inputMatrix)
+            for node in own.sampleNodes + [own.meanNode, own.stdNode, own.lesionNode]:
+                matrix = vtk.vtkMatrix4x4()
+                node.GetIJKToRASMatrix(matrix)
+                np.testing.assert_array_equal(slicer.util.arrayFromVTKMatrix(matrix),
+                                              slicer.util.arrayFromVTKMatrix(inputMatrix))
+                self.assertEqual(node.GetImageData().GetDimensions(), volume.GetImageData().GetDimensions())
+            lesion = slicer.util.arrayFromVolume(own.lesionNode) > 0
+            self.assertTrue(lesion.any())
+            for node in own.sampleNodes:
+                np.testing.assert_array_equal(slicer.util.arrayFromVolume(node)[lesion], inputArray[lesion])
+            self.assertTrue(own.sampleNodes[0].GetName().startswith(volume.GetName() + "_outpaint"))
+
+        self.delayDisplay("Showing the T2 results")
+        self.assertTrue(logic.showResults(result, sequence="t2"))
+        slicer.util.resetSliceViews()
+        exported = logic.exportResult(result, os.path.join(folder, "export"))
+        self.assertIn(os.path.join(folder, "export", "SyntheticHead_t2_outpaint_s01_lesion.nii.gz"), exported)
+        logic.removeResult(result)
+        self.assertTrue(all(node.GetScene() is None for own in result.sequenceResults for node in own.sampleNodes))
         self.delayDisplay("Test passed")

@@ -3,11 +3,12 @@
 * ``logic`` - :class:`PowdrOutpaintLogic`, what the panel and batch scripts call;
 * ``engine``, ``process``, ``job``, ``progress`` - starting the engine's worker process and
   following it;
-* ``inputs`` - writing the MRI and the lesion for the worker;
+* ``inputs`` - one MRI volume per sequence of the model, checked and written with the lesion
+  for the worker;
 * ``results`` - bringing the worker's files into the scene;
 * ``display`` - display and layout of the results;
 * ``export`` - writing results to files;
-* ``modelcard`` - reading a checkpoint's model card without torch;
+* ``modelcard`` - reading a checkpoint's model card without torch (and the names of its sequences);
 * ``dependencies`` - checking and installing the Python packages the engine needs.
 """
 

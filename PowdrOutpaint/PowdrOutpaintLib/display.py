@@ -143,13 +143,19 @@ def lesionCenter(result: PowdrOutpaintResult) -> tuple[float, float, float] | No
     return float(ras[0]), float(ras[1]), float(ras[2])
 
 
-def showResults(scene, result: PowdrOutpaintResult, stdOpacity: float = 0.5) -> bool:
+def showResults(scene, result: PowdrOutpaintResult, stdOpacity: float = 0.5, sequence: str | None = None) -> bool:
     """Switch to the original | current sample | mean layout (needs the application's layout node).
 
     The std map is an Inferno overlay on the sample and mean views, the lesion an outline in
-    every view, the views are linked and centred on the lesion. Returns False when there is no
-    layout (batch mode).
+    every view, the views are linked and centred on the lesion. For a model of several
+    sequences the views show ``sequence`` (default: the first; the browser's slider moves
+    every sequence's sample together). Returns False when there is no layout (batch mode).
     """
+    if sequence:
+        chosen = {name.lower(): own for name, own in result.bySequence.items()}.get(sequence.lower())
+        if chosen is None:
+            raise ValueError(f"The result has no sequence {sequence!r}.")
+        result = chosen
     layoutNode = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
     if layoutNode is None:
         return False

@@ -29,18 +29,34 @@ def exportResult(result: PowdrOutpaintResult, folder: str, baseName: str | None 
         <base>_outpaint_mean.nii.gz, <base>_outpaint_std.nii.gz, <base>_outpaint_lesion.nii.gz
         <base>_outpaint.json  (run settings and model card)
 
+    For a model of several sequences, these files for every sequence, ``<base>`` being the
+    name of that sequence's results (``CASE_t2``; with ``baseName`` given, ``baseName_t2``).
     Existing files with these names are replaced. Returns the paths written.
     """
     if not folder:
         raise ValueError("Choose a folder to export to.")
     os.makedirs(folder, exist_ok=True)
-    base = safeFileName(baseName or result.inputVolume.GetName())
-    written = []
+    several = len(result.sequenceResults) > 1
+    written: list[str] = []
+    for own in result.sequenceResults:
+        if not several:
+            base = safeFileName(baseName or result.inputVolume.GetName())
+        elif baseName:
+            base = safeFileName(f"{baseName}_{own.sequenceName}")
+        else:
+            base = safeFileName(own.baseName or f"{own.inputVolume.GetName()}_{own.sequenceName}")
+        _exportOne(own, folder, base, written, several)
+    return written
+
+
+def _exportOne(result: PowdrOutpaintResult, folder: str, base: str, written: list[str], several: bool) -> None:
+    """One sequence's files (see :func:`exportResult`), appended to ``written``."""
+    own: list[str] = []
 
     def write(node, name):
         path = os.path.join(folder, name)
         writeVolume(node, path, compress=True)
-        written.append(path)
+        own.append(path)
 
     for index, node in enumerate(result.sampleNodes):
         write(node, f"{base}_outpaint_s{index:02d}.nii.gz")
@@ -50,10 +66,12 @@ def exportResult(result: PowdrOutpaintResult, folder: str, baseName: str | None 
     write(result.lesionNode, f"{base}_outpaint_lesion.nii.gz")
     metadata = dict(result.metadata)
     metadata.pop("outputs", None)
-    metadata["exported_files"] = [os.path.basename(path) for path in written]
+    metadata["exported_files"] = [os.path.basename(path) for path in own]
     metadata["input_volume"] = result.inputVolume.GetName()
+    if several:
+        metadata["sequence"] = result.sequenceName
     metadataPath = os.path.join(folder, f"{base}_outpaint.json")
     with open(metadataPath, "w", encoding="utf-8") as stream:
         json.dump(metadata, stream, indent=2, default=str)
-    written.append(metadataPath)
-    return written
+    own.append(metadataPath)
+    written.extend(own)

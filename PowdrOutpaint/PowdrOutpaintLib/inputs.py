@@ -1,15 +1,21 @@
-"""The run's inputs: checking the MRI and writing it and the lesion as files for the worker."""
+"""The run's inputs: one MRI volume per sequence of the model, checked and written with the lesion for the worker."""
 
 from __future__ import annotations
+
+from typing import Any, Mapping
 
 import numpy as np
 import slicer
 import vtk
 
+from .modelcard import joinLabels, sequenceLabel
 from .nodes import describeNode, writeVolume
 from .progress import PowdrOutpaintError
 
-__all__ = ["validateVolume", "selectedSegmentIds", "writeLesion"]
+__all__ = ["validateVolume", "selectedSegmentIds", "writeLesion", "resolveInputVolumes", "volumesMatchingSequences",
+           "nameSaysSequence", "sequenceBaseName", "caseName"]
+
+_SEPARATORS = ("_", "-", " ", ".")
 
 
 def validateVolume(inputVolume) -> None:
@@ -121,3 +127,89 @@ def _exportSegmentsToFile(scene, inputVolume, segmentationNode, segmentIds: list
         for node in added:
             if node is not None and node.GetID() not in existing:
                 scene.RemoveNode(node)
+
+
+# ---------------------------------------------------------------------------------------
+# One volume per sequence of the model
+
+def nameSaysSequence(name: str, sequence: str) -> bool:
+    """True when ``name`` is the sequence's name or ends with it after a separator (``CASE_t2``)."""
+    lowered, wanted = (name or "").lower(), sequence.lower()
+    return lowered == wanted or any(lowered.endswith(separator + wanted) for separator in _SEPARATORS)
+
+
+def sequenceBaseName(name: str, sequence: str) -> str:
+    """The base of a sequence's result names: the volume's name, ending in the sequence's name.
+
+    ``Brats18_X_t2`` stays as it is; a volume called ``Volume`` chosen for T2 gives
+    ``Volume_t2`` (as the engine names its files).
+    """
+    name = name or "volume"
+    return name if nameSaysSequence(name, sequence) else f"{name}_{sequence}"
+
+
+def caseName(volumeName: str, sequence: str) -> str:
+    """``Brats18_X_t1`` -> ``Brats18_X`` (the name without its sequence suffix), else the name."""
+    name = volumeName or "volume"
+    if nameSaysSequence(name, sequence) and len(name) > len(sequence) + 1:
+        return name[: -len(sequence) - 1]
+    return name
+
+
+def resolveInputVolumes(inputVolume, sequences: tuple[str, ...] | None) -> list[tuple[str | None, Any]]:
+    """The (sequence, volume) pairs of a run, in the model's channel order.
+
+    :param inputVolume: one volume node, or {sequence name: volume node} (names as in the
+        checkpoint, any case).
+    :param sequences: the model's sequences from its card; None when the card could not be
+        read (the worker then checks the inputs itself).
+    :raises ValueError: one sentence naming the sequences without a volume, the ones the
+        model does not make, or a volume chosen for two sequences.
+    """
+    if not isinstance(inputVolume, Mapping):
+        if sequences and len(sequences) > 1:
+            missing, too = (sequences, "") if inputVolume is None else (sequences[1:], " too")
+            raise ValueError(f"This model makes {joinLabels(sequences)} together: select a volume for "
+                             f"{joinLabels(missing)}{too}.")
+        return [(sequences[0] if sequences else None, inputVolume)]
+
+    given = {str(name).lower(): node for name, node in inputVolume.items()}
+    if len(given) != len(inputVolume):
+        raise ValueError("A sequence is named twice in the input volumes.")
+    if sequences is None:  # the card could not be read: pass what was given, the worker decides
+        pairs = [(str(name), node) for name, node in inputVolume.items()]
+        if len(pairs) == 1:
+            return [(None, pairs[0][1])]
+    else:
+        extra = [name for name in inputVolume if str(name).lower() not in {s.lower() for s in sequences}]
+        if extra:
+            raise ValueError(f"This model makes {joinLabels(sequences)}; {joinLabels(extra)} "
+                             f"{'is' if len(extra) == 1 else 'are'} not one of its sequences.")
+        pairs = [(name, given.get(name.lower())) for name in sequences]
+    missing = [name for name, node in pairs if node is None]
+    if missing:
+        together = " together" if len(pairs) > 1 else ""
+        raise ValueError(f"This model makes {joinLabels([name for name, _ in pairs])}{together}: "
+                         f"select a volume for {joinLabels(missing)}.")
+    seen: dict[str, str] = {}
+    for name, node in pairs:
+        key = (node.GetID() if hasattr(node, "GetID") else None) or str(id(node))
+        if key in seen:
+            volumeName = node.GetName() if hasattr(node, "GetName") else "?"
+            raise ValueError(f"The same volume '{volumeName}' is selected for {sequenceLabel(seen[key])} and "
+                             f"{sequenceLabel(name)}: select each sequence's own volume.")
+        seen[key] = name
+    return pairs
+
+
+def volumesMatchingSequences(volumes, sequences) -> dict[str, Any]:
+    """{sequence: volume} for the volumes whose names say a sequence (``CASE_t1ce`` -> t1ce).
+
+    Only unambiguous matches: a sequence that two volumes' names end with is left out.
+    """
+    matches: dict[str, Any] = {}
+    for sequence in sequences:
+        found = [volume for volume in volumes if nameSaysSequence(volume.GetName(), sequence)]
+        if len(found) == 1:
+            matches[sequence] = found[0]
+    return matches

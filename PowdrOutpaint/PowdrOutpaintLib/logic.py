@@ -1,17 +1,20 @@
 """PowdrOutpaint logic: everything the module does, usable without the GUI and without Qt.
 
-``PowdrOutpaintLogic().process(...)`` writes the input volume and lesion to a temporary
-folder, runs the engine (``python -m powdr_outpaint sample --progress json``) in a separate
-process, and loads the results into the scene:
+``PowdrOutpaintLogic().process(...)`` writes the input volume (one per sequence for a model of
+several sequences, e.g. T1, T1ce, T2 and FLAIR) and the lesion to a temporary folder, runs the
+engine (``python -m powdr_outpaint sample --progress json``) in a separate process, and loads
+the results into the scene:
 
 * ``<input>_outpaint_sNN`` volumes and a sequence (``<input>_outpaint_samples``) with a
   browser, so a slider scrubs through the samples;
 * ``<input>_outpaint_mean`` and ``<input>_outpaint_std``;
 * ``<input>_outpaint_lesion``, the lesion as a label map on the input grid;
 
-all on the input's grid, under the input's study in the subject hierarchy. Input nodes
-are never modified; temporary files are removed afterwards; a cancelled or failed run adds
-no nodes.
+all on the input's grid, under the input's study in the subject hierarchy. A model of several
+sequences gives these nodes for every sequence, each on its own input's grid and named after
+it (``CASE_t2_outpaint_s00``), with one browser whose slider shows the same sample of every
+sequence. Input nodes are never modified; temporary files are removed afterwards; a cancelled
+or failed run adds no nodes.
 
 This class holds the state of a session (the scene, the run in progress) and delegates each
 job to its own module: ``engine`` (starting the worker), ``job`` (following it), ``inputs``
@@ -27,14 +30,22 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Callable
+from typing import Callable, Mapping
 
 import slicer
 
 from . import display, export, modelcard, results
 from .engine import MODULE_DIR, EngineRunner, defaultCheckpointPath, temporaryRoot
-from .inputs import selectedSegmentIds, validateVolume, writeLesion
+from .inputs import (
+    caseName,
+    resolveInputVolumes,
+    selectedSegmentIds,
+    sequenceBaseName,
+    validateVolume,
+    writeLesion,
+)
 from .job import PowdrOutpaintJob
+from .modelcard import sequencesOfCard
 from .nodes import describeNode, ijkToRAS, writeVolume
 from .process import WorkerProcess, describeCommand
 from .progress import OutpaintProgress, PowdrOutpaintError
@@ -56,6 +67,12 @@ class PowdrOutpaintLogic:
         result = PowdrOutpaintLogic().process(volumeNode, segmentationNode, "/path/model.pt",
                                               numberOfSamples=3, numberOfSteps=50, seed=0)
         result.sampleNodes, result.meanNode, result.stdNode, result.sequenceNode
+
+    A model of several sequences (its model card's ``sequences``) takes one volume per sequence::
+
+        result = PowdrOutpaintLogic().process({"t1": t1, "t1ce": t1ce, "t2": t2, "flair": flair},
+                                              segmentationNode, "/path/brats4.pt", numberOfSamples=3)
+        result.bySequence["flair"].sampleNodes  # each sequence's nodes, on its own volume's grid
     """
 
     moduleName = "PowdrOutpaint"
@@ -116,7 +133,10 @@ class PowdrOutpaintLogic:
                 completedCallback: Callable[[PowdrOutpaintJob], None] | None = None):
         """Synthesise ``numberOfSamples`` volumes around the kept lesion.
 
-        :param inputVolume: the MRI (vtkMRMLScalarVolumeNode); never modified.
+        :param inputVolume: the MRI (vtkMRMLScalarVolumeNode); never modified. For a model of
+            several sequences (its card's ``sequences``, e.g. t1, t1ce, t2, flair), one volume
+            per sequence: ``{"t1": node, "t1ce": node, "t2": node, "flair": node}``; each
+            sequence's results come on its own volume's grid.
         :param lesionNode: vtkMRMLSegmentationNode (its visible segments, or ``segmentIds``) or
             vtkMRMLLabelMapVolumeNode (all labels > 0, or ``labels`` such as ``"1,2,4"``).
         :param checkpointPath: the model checkpoint (.pt); None or "" uses the bundled demo model.
@@ -129,10 +149,18 @@ class PowdrOutpaintLogic:
         """
         if self.currentJob is not None and not self.currentJob.finished:
             raise PowdrOutpaintError("A run is already in progress: wait for it or cancel it first.")
-        validateVolume(inputVolume)
+        if not isinstance(inputVolume, Mapping):
+            validateVolume(inputVolume)
         checkpointPath = os.fspath(checkpointPath) if checkpointPath else defaultCheckpointPath()
         if not checkpointPath or not os.path.isfile(checkpointPath):
             raise PowdrOutpaintError(f"The checkpoint file {checkpointPath or '(none)'} does not exist.")
+        try:
+            sequences: tuple[str, ...] | None = sequencesOfCard(modelcard.readModelCard(checkpointPath)) or None
+        except PowdrOutpaintError:
+            sequences = None  # the worker reads the whole file and says what is wrong with it
+        inputs = resolveInputVolumes(inputVolume, sequences)
+        for _sequence, volume in inputs:
+            validateVolume(volume)
         numberOfSamples, numberOfSteps, batchSize, seed = (int(numberOfSamples), int(numberOfSteps),
                                                            int(batchSize), int(seed))
         if not 1 <= numberOfSamples <= 1000:
@@ -151,21 +179,33 @@ class PowdrOutpaintLogic:
             raise ValueError("eta must be between 0 and 1.")
         self.engine.checkDependencies()
 
+        several = len(inputs) > 1
+        firstVolume = inputs[0][1]
         temporaryDirectory = tempfile.mkdtemp(prefix="PowdrOutpaint-", dir=temporaryRoot())
         try:
-            imagePath = os.path.join(temporaryDirectory, "image.nrrd")
             maskPath = os.path.join(temporaryDirectory, "lesion.nrrd")
             outputDirectory = os.path.join(temporaryDirectory, "out")
             os.makedirs(outputDirectory)
-            lesionVoxels = writeLesion(self.scene, inputVolume, lesionNode, segmentIds, maskPath)
+            # The lesion goes on the first sequence's grid; the worker resamples it onto each other grid
+            lesionVoxels = writeLesion(self.scene, firstVolume, lesionNode, segmentIds, maskPath)
             if lesionVoxels == 0:
                 raise ValueError(f"The lesion {describeNode(lesionNode)} is empty: paint it in Segment Editor "
                                  "or choose other segments.")
-            writeVolume(inputVolume, imagePath)
-            arguments = ["--image", imagePath, "--mask", maskPath, "--checkpoint", checkpointPath,
-                         "--samples", numberOfSamples, "--steps", numberOfSteps, "--sampler", sampler,
-                         "--eta", repr(float(eta)), "--seed", seed, "--device", device, "--batch-size", batchSize,
-                         "--preserve", preserve, "--progress", "json", "--out", outputDirectory]
+            imageArguments = []
+            if not several:
+                imagePath = os.path.join(temporaryDirectory, "image.nrrd")
+                writeVolume(firstVolume, imagePath)
+                imageArguments += ["--image", imagePath]
+            else:
+                for index, (sequence, volume) in enumerate(inputs):
+                    imagePath = os.path.join(temporaryDirectory, f"image{index}.nrrd")
+                    writeVolume(volume, imagePath)
+                    imageArguments += ["--image", f"{sequence}={imagePath}"]
+            arguments = imageArguments + [
+                "--mask", maskPath, "--checkpoint", checkpointPath,
+                "--samples", numberOfSamples, "--steps", numberOfSteps, "--sampler", sampler,
+                "--eta", repr(float(eta)), "--seed", seed, "--device", device, "--batch-size", batchSize,
+                "--preserve", preserve, "--progress", "json", "--out", outputDirectory]
             if labels:
                 arguments += ["--labels", str(labels)]
             command = self.engine.command("sample", *arguments)
@@ -182,13 +222,26 @@ class PowdrOutpaintLogic:
                 shutil.rmtree(temporaryDirectory, ignore_errors=True)
             raise
 
+        if several:
+            # Every result name says its sequence (CASE_t2_outpaint_s00); exported files must not collide
+            baseNames = [sequenceBaseName(volume.GetName(), sequence) for sequence, volume in inputs]
+            if len({name.lower() for name in baseNames}) < len(baseNames):
+                baseNames = [f"{name}_{index + 1}" for index, name in enumerate(baseNames)]
+        else:
+            baseNames = [firstVolume.GetName() or "volume"]
         request = {
-            "inputVolume": inputVolume,
+            "inputVolume": firstVolume,
             "lesionNode": lesionNode,
             "checkpointPath": checkpointPath,
             "numberOfSamples": numberOfSamples,
-            "inputDimensions": tuple(inputVolume.GetImageData().GetDimensions()),
-            "inputIJKToRAS": ijkToRAS(inputVolume),
+            "caseName": caseName(firstVolume.GetName(), inputs[0][0]) if several else None,
+            "inputs": [{
+                "sequence": sequence,
+                "volume": volume,
+                "baseName": baseName,
+                "dimensions": tuple(volume.GetImageData().GetDimensions()),
+                "ijkToRAS": ijkToRAS(volume),
+            } for (sequence, volume), baseName in zip(inputs, baseNames)],
         }
         job = PowdrOutpaintJob(self, worker, temporaryDirectory, request, progressCallback, logCallback,
                                completedCallback)
@@ -207,9 +260,12 @@ class PowdrOutpaintLogic:
         return results.importResults(self.scene, request, doneEvent, log)
 
     # ------------------------------------------------------------------ results
-    def showResults(self, result: PowdrOutpaintResult, stdOpacity: float = 0.5) -> bool:
-        """Switch to the original | current sample | mean layout; False without a layout (batch mode)."""
-        return display.showResults(self.scene, result, stdOpacity)
+    def showResults(self, result: PowdrOutpaintResult, stdOpacity: float = 0.5, sequence: str | None = None) -> bool:
+        """Switch to the original | current sample | mean layout; False without a layout (batch mode).
+
+        ``sequence`` chooses which sequence of a several-sequence result the views show (default: the first).
+        """
+        return display.showResults(self.scene, result, stdOpacity, sequence)
 
     def centerViewsOnLesion(self, result: PowdrOutpaintResult, sliceNodes=None) -> None:
         display.centerViewsOnLesion(self.scene, result, sliceNodes)

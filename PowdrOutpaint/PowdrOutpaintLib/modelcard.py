@@ -15,13 +15,17 @@ import json
 import math
 import os
 import pickle
+import re
 import zipfile
+from typing import Any, Mapping
 
 from .progress import PowdrOutpaintError
 
-__all__ = ["readModelCard", "formatModelCard"]
+__all__ = ["readModelCard", "formatModelCard", "sequencesOfCard", "sequenceLabel", "joinLabels"]
 
 CHECKPOINT_FORMAT = "powdr-outpaint-checkpoint"
+#: The engine's rule for a sequence name (powdr_outpaint.checkpoint.SEQUENCE_NAME)
+SEQUENCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 
 
 class _TensorShape:
@@ -98,7 +102,7 @@ def _require(condition: bool, name: str, what: str) -> None:
 
 
 def readModelCard(checkpointPath: str) -> dict:
-    """The card of a checkpoint: preset, modality, grid, training, network and parameter count.
+    """The card of a checkpoint: preset, modality, sequences, grid, training, network and parameter count.
 
     Same keys as the engine's ``powdr-outpaint info --json``. Raises
     :class:`PowdrOutpaintError` with one sentence for a missing, damaged or foreign file.
@@ -139,9 +143,13 @@ def _stageCard(configText, weights, name: str) -> dict:
              "sections")
     _require(isinstance(weights, dict) and bool(weights)
              and all(isinstance(value, _TensorShape) for value in weights.values()), name, "no weights")
+    modality = str(config.get("modality", ""))
+    parts = modality.split(",")
+    _require(all(SEQUENCE_NAME.match(part) for part in parts) and len(set(parts)) == len(parts), name, "modality")
     return {
         "preset": config["preset"],
-        "modality": str(config.get("modality", "")),
+        "modality": modality,
+        "sequences": parts,  # the sequences the model makes together, in channel order
         "grid": {"shape": [int(value) for value in grid["shape"]],
                  "spacing_mm": [float(value) for value in grid["spacing"]]},
         "training": dict(training),
@@ -155,12 +163,52 @@ def _stageCard(configText, weights, name: str) -> dict:
     }
 
 
+_LABELS = {
+    "t1": "T1", "t1ce": "T1ce", "t1c": "T1c", "t1gd": "T1Gd", "t2": "T2", "flair": "FLAIR",
+    "t2flair": "T2-FLAIR", "t2-flair": "T2-FLAIR", "pd": "PD", "dwi": "DWI", "adc": "ADC", "swi": "SWI",
+    "ct": "CT",
+}
+
+
+def sequencesOfCard(card: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The sequences a model card names, in channel order (``("t1",)`` for most models)."""
+    if not card:
+        return ()
+    sequences = card.get("sequences")
+    if isinstance(sequences, (list, tuple)) and sequences:
+        return tuple(str(name) for name in sequences)
+    modality = str(card.get("modality") or "")
+    return tuple(name for name in modality.split(",") if name)
+
+
+def sequenceLabel(sequence: str) -> str:
+    """How the panel writes a sequence: ``t1ce`` -> ``T1ce``, ``flair`` -> ``FLAIR``."""
+    known = _LABELS.get(sequence.lower())
+    if known:
+        return known
+    return sequence.upper() if len(sequence) <= 4 else sequence
+
+
+def joinLabels(sequences) -> str:
+    """``T1, T2 and FLAIR``."""
+    labels = [sequenceLabel(name) for name in sequences]
+    if len(labels) <= 1:
+        return "".join(labels)
+    return ", ".join(labels[:-1]) + " and " + labels[-1]
+
+
 def formatModelCard(card: dict) -> str:
     """The model card as a few lines of plain text for the module panel."""
     lines = []
     preset = card.get("preset", "?")
-    modality = str(card.get("modality", "?"))
-    lines.append(f"Preset: {preset}    Modality: {modality.upper()}")
+    sequences = sequencesOfCard(card)
+    if len(sequences) > 1:
+        # A multi-sequence model: the panel asks for one volume per sequence, in this order
+        lines.append(f"Preset: {preset}    Sequences: {', '.join(sequenceLabel(name) for name in sequences)}")
+        lines.append(f"Takes one volume per sequence and makes all {len(sequences)} together.")
+    else:
+        modality = str(card.get("modality", "?"))
+        lines.append(f"Preset: {preset}    Modality: {modality.upper()}")
     grid = card.get("grid") or {}
     shape = grid.get("shape")
     spacing = grid.get("spacing_mm", grid.get("spacing"))

@@ -7,7 +7,8 @@ with the Colors, Volumes, Segmentations and Sequences logics registered on it.
 
 slicer-core is a test requirement: if it cannot be imported the tests fail (they are not
 skipped). The BraTS cases are optional: tests that need them skip with a message when
-``../shared/data/brats18`` is absent.
+``../shared/data/brats18`` is absent. ``tinyFourSequenceCheckpoint`` is an untrained model of
+four sequences (T1, T1ce, T2, FLAIR) for the multi-sequence tests.
 """
 
 from __future__ import annotations
@@ -106,6 +107,22 @@ def tinyCheckpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("checkpoint") / "tiny.pt"
     completed = subprocess.run(
         [sys.executable, "-m", "powdr_outpaint", "init-checkpoint", "--preset", "tiny", "--out", str(path)],
+        env=engineEnvironment(), capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, f"init-checkpoint failed:\n{completed.stderr}"
+    return path
+
+
+FOUR_SEQUENCES = ("t1", "t1ce", "t2", "flair")
+
+
+@pytest.fixture(scope="session")
+def tinyFourSequenceCheckpoint(tmp_path_factory) -> Path:
+    """An initialised (untrained) tiny checkpoint of a model that makes T1, T1ce, T2 and FLAIR together."""
+    path = tmp_path_factory.mktemp("checkpoint4") / "tiny-t1-t1ce-t2-flair.pt"
+    completed = subprocess.run(
+        [sys.executable, "-m", "powdr_outpaint", "init-checkpoint", "--preset", "tiny",
+         "--modality", ",".join(FOUR_SEQUENCES), "--out", str(path)],
         env=engineEnvironment(), capture_output=True, text=True, timeout=300,
     )
     assert completed.returncode == 0, f"init-checkpoint failed:\n{completed.stderr}"

@@ -46,6 +46,27 @@ def syntheticVolumes(scene):
     return volume, labelmap
 
 
+SEQUENCE_PARAMETERS = ("inputVolume", "inputVolume2", "inputVolume3", "inputVolume4")
+
+
+def sequenceVolumes(scene, sequences=("t1", "t1ce", "t2", "flair"), case="CASE"):
+    """One synthetic volume per sequence, named ``CASE_<sequence>``, each with its own contrast."""
+    volume, _ = syntheticVolumes(scene)
+    base = slicer.util.arrayFromVolume(volume).copy()
+    scene.RemoveNode(volume)
+    volumes = {}
+    for index, sequence in enumerate(sequences):
+        contrast = np.where(base > 0, base * (0.5 + 0.4 * index) + 40 * index, 0).astype(np.float32)
+        volumes[sequence] = slicer.util.addVolumeFromArray(contrast, np.diag([-3.0, -3.0, 3.0, 1.0]),
+                                                           f"{case}_{sequence}", "vtkMRMLScalarVolumeNode")
+    return volumes
+
+
+def selectorRows(widget):
+    """(label text, label visible, selector visible) of the four per-sequence volume selectors."""
+    return [(label.text, label.visible, selector.visible) for label, selector in widget.inputVolumeRows()]
+
+
 @contextlib.contextmanager
 def panel(env):
     """The module's widget, set up as Slicer does (``setup``), cleaned up afterwards."""
@@ -74,8 +95,10 @@ def test_parameter_node_construction_defaults_and_serialisation(release, core):
         assert (parameters.numberOfSamples, parameters.numberOfSteps, parameters.sampler) == (5, 100, "ddpm")
 
         volume, labelmap = syntheticVolumes(core.scene)
+        others = sequenceVolumes(core.scene, ("t1ce", "t2", "flair"))
         segmentation = core.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-        values = {"inputVolume": volume, "lesionNode": segmentation, "checkpointPath": str(DEMO_CHECKPOINT),
+        values = {"inputVolume": volume, "inputVolume2": others["t1ce"], "inputVolume3": others["t2"],
+                  "inputVolume4": others["flair"], "lesionNode": segmentation, "checkpointPath": str(DEMO_CHECKPOINT),
                   "numberOfSamples": 7, "numberOfSteps": 20, "sampler": "ddim", "eta": 0.25, "seed": 42,
                   "device": "cpu", "preserve": "model", "batchSize": 2, "exportDirectory": "/data/out"}
         assert set(values) == set(ParameterNode.allParameters)
@@ -86,7 +109,7 @@ def test_parameter_node_construction_defaults_and_serialisation(release, core):
             assert reread.getValue(name) == value, name
         reread.lesionNode = labelmap
         assert ParameterNode(node).lesionNode is labelmap
-        for name in ("inputVolume", "lesionNode"):
+        for name in ("inputVolume", "inputVolume2", "inputVolume3", "inputVolume4", "lesionNode"):
             reread.setValue(name, None)
             assert ParameterNode(node).getValue(name) is None, name
 
@@ -100,6 +123,9 @@ def test_parameter_node_construction_defaults_and_serialisation(release, core):
 
 EXPECTED_CONNECTORS = {
     "inputVolume": "qMRMLNodeComboBoxToNodeConnector",
+    "inputVolume2": "qMRMLNodeComboBoxToNodeConnector",
+    "inputVolume3": "qMRMLNodeComboBoxToNodeConnector",
+    "inputVolume4": "qMRMLNodeComboBoxToNodeConnector",
     "lesionNode": "qMRMLNodeComboBoxToNodeConnector",
     "numberOfSamples": "QSliderOrSpinBoxToIntConnector",
     "numberOfSteps": "QSliderOrSpinBoxToIntConnector",
@@ -126,7 +152,8 @@ def test_ui_bindings_choose_the_right_connectors(release, core):
             assert type(connectors[name]).__name__.startswith(expected), (name, type(connectors[name]).__name__)
 
         assert list(bound["lesionNode"].nodeTypes) == ["vtkMRMLSegmentationNode", "vtkMRMLLabelMapVolumeNode"]
-        assert list(bound["inputVolume"].nodeTypes) == ["vtkMRMLScalarVolumeNode"]
+        for name in ("inputVolume", "inputVolume2", "inputVolume3", "inputVolume4"):
+            assert list(bound[name].nodeTypes) == ["vtkMRMLScalarVolumeNode"], name
         assert bound["sampler"].items == ["ddpm", "ddim", "dpm++2m"] and bound["device"].items == ["auto", "cuda", "cpu"]
         assert (bound["numberOfSamples"].minimum, bound["numberOfSamples"].maximum) == (1, 100)
         assert (bound["eta"].minimum, bound["eta"].maximum) == (0.0, 1.0)
@@ -147,6 +174,49 @@ def test_ui_bindings_choose_the_right_connectors(release, core):
         parameters.disconnectGui(tag)
         bound["numberOfSamples"].value = 3
         assert parameters.numberOfSamples == 9, "a disconnected widget still writes the parameter node"
+
+
+def test_sequence_volumes_survive_scene_save_load_and_undo(release, core):
+    """The per-sequence volumes are node references: saved with the scene, restored by undo; a
+    scene saved before they existed still loads."""
+    with slicerRelease(release) as env:
+        ParameterNode = env.module.PowdrOutpaintParameterNode
+        volumes = sequenceVolumes(core.scene)
+        node = core.scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "PowdrOutpaint")
+        parameters = ParameterNode(node)
+        for name, sequence in zip(SEQUENCE_PARAMETERS, volumes):
+            parameters.setValue(name, volumes[sequence])
+
+        core.scene.SetSaveToXMLString(1)
+        core.scene.Commit()
+        saved = core.scene.GetSceneXMLString()
+        loaded = slicer.vtkMRMLScene()
+        loaded.SetLoadFromXMLString(1)
+        loaded.SetSceneXMLString(saved)
+        loaded.Import()
+        reloaded = ParameterNode(loaded.GetFirstNodeByName("PowdrOutpaint"))
+        assert [reloaded.getValue(name).GetName() for name in SEQUENCE_PARAMETERS] == [
+            "CASE_t1", "CASE_t1ce", "CASE_t2", "CASE_flair"]
+        loaded.Clear(1)
+
+        core.scene.SetUndoOn()
+        node.SetUndoEnabled(True)
+        core.scene.SaveStateForUndo()
+        parameters.inputVolume3 = None
+        parameters.inputVolume2 = volumes["flair"]
+        core.scene.Undo()
+        undone = ParameterNode(core.scene.GetFirstNodeByName("PowdrOutpaint"))
+        assert [undone.getValue(name) for name in SEQUENCE_PARAMETERS] == list(volumes.values())
+        core.scene.SetUndoOff()
+
+        # A parameter node written before the per-sequence volumes existed
+        old = core.scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "old")
+        old.SetParameter("checkpointPath", str(DEMO_CHECKPOINT))
+        old.SetParameter("inputVolume", "")
+        old.SetNodeReferenceID("inputVolume", volumes["t1"].GetID())
+        upgraded = ParameterNode(old)
+        assert upgraded.inputVolume is volumes["t1"] and upgraded.checkpointPath == str(DEMO_CHECKPOINT)
+        assert upgraded.inputVolume2 is None and upgraded.inputVolume4 is None
 
 
 # ---------------------------------------------------------------------------------------
@@ -341,3 +411,78 @@ def test_self_test_installs_and_downloads_nothing(release, core, monkeypatch):
         assert "SampleData" not in sys.modules
         source = (REPOSITORY / "PowdrOutpaint" / "PowdrOutpaint.py").read_text(encoding="utf-8")
         assert "downloadSample" not in source and "ensureDependencies(askConfirmation=None)" not in source
+
+
+# ---------------------------------------------------------------------------------------
+# A model of several sequences in the panel
+
+def test_panel_asks_for_one_volume_per_sequence_and_runs_them_together(
+        release, core, tinyFourSequenceCheckpoint, monkeypatch):
+    with slicerRelease(release) as env:
+        # Loaded in another order than the model's; a result of an earlier run is no candidate
+        volumes = sequenceVolumes(core.scene, ("flair", "t2", "t1", "t1ce"))
+        earlier = slicer.util.addVolumeFromArray(np.zeros((4, 4, 4), np.float32), np.eye(4), "CASE_t2_outpaint_t2")
+        earlier.SetAttribute("PowdrOutpaint.Input", volumes["t2"].GetID())
+        _, labelmap = syntheticVolumes(core.scene)
+        env.QSettings.store["PowdrOutpaint/CheckpointPath"] = str(tinyFourSequenceCheckpoint)
+        with panel(env) as widget:
+            parameters = widget._parameterNode
+            ui = widget.ui
+            # The model's four sequences, each with its labelled selector, filled by the volumes' names
+            assert parameters.checkpointPath == str(tinyFourSequenceCheckpoint)
+            assert "Sequences: T1, T1ce, T2, FLAIR" in ui.modelCardLabel.text
+            assert selectorRows(widget) == [("T1 volume:", True, True), ("T1ce volume:", True, True),
+                                            ("T2 volume:", True, True), ("FLAIR volume:", True, True)]
+            assert [parameters.getValue(name) for name in SEQUENCE_PARAMETERS] == [
+                volumes["t1"], volumes["t1ce"], volumes["t2"], volumes["flair"]]
+            assert ui.inputVolume3Selector.currentNode() is volumes["t2"]
+            parameters.lesionNode = labelmap
+            assert ui.applyButton.enabled
+
+            # A missing sequence, then one volume chosen for two sequences: Generate says which
+            ui.inputVolume3Selector.setCurrentNode(None)
+            assert parameters.inputVolume3 is None and not ui.applyButton.enabled
+            assert ui.applyButton.toolTip == ("This model makes T1, T1ce, T2 and FLAIR together: "
+                                              "select a volume for T2.")
+            ui.inputVolume3Selector.setCurrentNode(volumes["t1ce"])
+            assert not ui.applyButton.enabled and "'CASE_t1ce' is selected for T1ce and T2" in ui.applyButton.toolTip
+            ui.inputVolume3Selector.setCurrentNode(volumes["t2"])
+            assert ui.applyButton.enabled
+
+            # A single-sequence model: one "MRI volume" selector, as before
+            ui.checkpointPathLineEdit.currentPath = str(DEMO_CHECKPOINT)
+            assert selectorRows(widget) == [("MRI volume:", True, True), ("T1ce volume:", False, False),
+                                            ("T2 volume:", False, False), ("FLAIR volume:", False, False)]
+            assert "Modality: T1" in ui.modelCardLabel.text and ui.applyButton.enabled
+            # Back to the four-sequence model: empty selectors are filled again by name
+            for name in SEQUENCE_PARAMETERS[1:]:
+                parameters.setValue(name, None)
+            ui.checkpointPathLineEdit.currentPath = str(tinyFourSequenceCheckpoint)
+            assert [parameters.getValue(name) for name in SEQUENCE_PARAMETERS] == [
+                volumes["t1"], volumes["t1ce"], volumes["t2"], volumes["flair"]]
+            assert all(visible for _, visible, _ in selectorRows(widget))
+
+            # Generate runs the four together; the results offer each sequence for the views
+            shown = []
+            monkeypatch.setattr(widget.logic, "showResults",
+                                lambda result, stdOpacity=0.5, sequence=None: shown.append(sequence) or False)
+            parameters.numberOfSamples, parameters.numberOfSteps, parameters.device = 2, 2, "cpu"
+            widget.onApplyButton()
+            assert widget._job is not None and ui.cancelButton.enabled and not ui.applyButton.enabled
+            deadline = time.monotonic() + 300
+            while not widget._job.finished and time.monotonic() < deadline:
+                widget.onPollTimer()
+                time.sleep(0.05)
+            assert widget._job.state == "completed", widget._job.error
+            result = widget._result
+            assert [(own.sequenceName, own.inputVolume) for own in result.sequenceResults] == [
+                (sequence, volumes[sequence]) for sequence in ("t1", "t1ce", "t2", "flair")]
+            assert ui.resultsSequenceComboBox.visible and ui.resultsSequenceComboBox.items == [
+                "T1", "T1ce", "T2", "FLAIR"]
+            assert "T1, T1ce, T2 and FLAIR" in ui.resultsLabel.text
+            assert shown == [None]  # after the run: the first sequence
+            ui.resultsSequenceComboBox.currentIndex = 3
+            assert shown == [None, "flair"]
+            widget.onShowResultsButton()
+            assert shown[-1] == "flair"
+            assert not env.dialogs.errors
