@@ -23,6 +23,8 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from PowdrOutpaintLib import (
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
     DEVICES,
     PRESERVE_MODES,
     SAMPLERS,
@@ -125,8 +127,8 @@ class PowdrOutpaintParameterNode:
     lesionNode: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]
     checkpointPath: str = ""
     numberOfSamples: Annotated[int, WithinRange(1, 100)] = 5
-    numberOfSteps: Annotated[int, WithinRange(1, 1000)] = 100
-    sampler: Annotated[str, Choice(list(SAMPLERS))] = "ddpm"
+    numberOfSteps: Annotated[int, WithinRange(1, 1000)] = DEFAULT_STEPS
+    sampler: Annotated[str, Choice(list(SAMPLERS))] = DEFAULT_SAMPLER
     eta: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     device: Annotated[str, Choice(list(DEVICES))] = "auto"

@@ -14,7 +14,7 @@
 
 from .engine import defaultCheckpointPath
 from .job import PowdrOutpaintJob
-from .logic import DEVICES, PRESERVE_MODES, SAMPLERS, PowdrOutpaintLogic
+from .logic import DEFAULT_SAMPLER, DEFAULT_STEPS, DEVICES, PRESERVE_MODES, SAMPLERS, PowdrOutpaintLogic
 from .process import WorkerProcess, killProcessTree
 from .progress import OutpaintProgress, PowdrOutpaintError
 from .results import PowdrOutpaintResult
@@ -28,6 +28,8 @@ __all__ = [
     "WorkerProcess",
     "killProcessTree",
     "SAMPLERS",
+    "DEFAULT_SAMPLER",
+    "DEFAULT_STEPS",
     "DEVICES",
     "PRESERVE_MODES",
     "defaultCheckpointPath",

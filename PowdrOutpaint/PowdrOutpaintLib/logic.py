@@ -51,9 +51,11 @@ from .process import WorkerProcess, describeCommand
 from .progress import OutpaintProgress, PowdrOutpaintError
 from .results import PowdrOutpaintResult
 
-__all__ = ["PowdrOutpaintLogic", "SAMPLERS", "DEVICES", "PRESERVE_MODES"]
+__all__ = ["PowdrOutpaintLogic", "SAMPLERS", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "DEVICES", "PRESERVE_MODES"]
 
 SAMPLERS = ("ddpm", "ddim", "dpm++2m")  # the engine's samplers.SAMPLERS
+DEFAULT_SAMPLER = "dpm++2m"  # the engine's outpaint.DEFAULT_SAMPLER
+DEFAULT_STEPS = 20  # the engine's outpaint.DEFAULT_STEPS
 DEVICES = ("auto", "cuda", "cpu")
 PRESERVE_MODES = ("exact", "model")
 
@@ -124,8 +126,8 @@ class PowdrOutpaintLogic:
         return selectedSegmentIds(segmentationNode, segmentIds)
 
     # ------------------------------------------------------------------ running
-    def process(self, inputVolume, lesionNode, checkpointPath, numberOfSamples: int = 5, numberOfSteps: int = 100,
-                sampler: str = "ddpm", eta: float = 0.0, seed: int = 0, device: str = "auto",
+    def process(self, inputVolume, lesionNode, checkpointPath, numberOfSamples: int = 5, numberOfSteps: int = DEFAULT_STEPS,
+                sampler: str = DEFAULT_SAMPLER, eta: float = 0.0, seed: int = 0, device: str = "auto",
                 preserve: str = "exact", batchSize: int = 1, segmentIds: list[str] | None = None,
                 labels: str | None = None, waitForCompletion: bool = True,
                 progressCallback: Callable[[OutpaintProgress], None] | None = None,

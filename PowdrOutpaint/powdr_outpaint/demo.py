@@ -20,7 +20,7 @@ import numpy as np
 from .cli import command_help
 from .errors import PowdrError
 from .masks import random_mask
-from .outpaint import OutpaintOptions, run_outpaint
+from .outpaint import DEFAULT_STEPS, OutpaintOptions, run_outpaint
 from .progress import Progress
 from .volume_io import load_volume, save_nifti
 
@@ -84,7 +84,7 @@ def make_demo_inputs(folder: Path, seed: int = DEMO_MASK_SEED, voxels: int = DEM
 def run_demo(
     out_dir: str | os.PathLike = "outputs/demo",
     samples: int = 4,
-    steps: int = 100,
+    steps: int = DEFAULT_STEPS,
     checkpoint: str | os.PathLike | None = None,
     device: str = "auto",
     seed: int = 0,
@@ -127,7 +127,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", default="outputs/demo", help="output folder (default outputs/demo)")
     parser.add_argument("--samples", type=int, default=4, help="number of samples (default 4)")
-    parser.add_argument("--steps", type=int, default=100, help="denoising steps (default 100)")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"denoising steps (default {DEFAULT_STEPS})")
     parser.add_argument("--checkpoint", default=None, help="another checkpoint instead of the demo model")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)

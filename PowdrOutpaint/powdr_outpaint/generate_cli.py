@@ -10,7 +10,7 @@ from .checkpoint import read_checkpoint
 from .cli import command_help
 from .errors import PowdrError
 from .generate import DEFAULT_MASK_GLOBS, discover_cases, distributed_env, run_generate
-from .outpaint import PRESERVE_MODES, OutpaintOptions
+from .outpaint import DEFAULT_SAMPLER, DEFAULT_STEPS, PRESERVE_MODES, OutpaintOptions
 from .samplers import SAMPLERS
 
 
@@ -43,8 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mask-glob", action="append", default=None,
                         help="in a case folder, the mask's file pattern "
                              f"(repeatable; default {' '.join(DEFAULT_MASK_GLOBS)})")
-    parser.add_argument("--steps", type=int, default=100, help="denoising steps K (default 100)")
-    parser.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"denoising steps K (default {DEFAULT_STEPS})")
+    parser.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER, help=f"default {DEFAULT_SAMPLER}")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (default 0)")
     parser.add_argument("--seed", type=int, default=0, help="combined with each case's name (default 0)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (under torchrun: the local rank's GPU)")

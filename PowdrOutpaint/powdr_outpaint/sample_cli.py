@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .cli import command_help, named_files
-from .outpaint import PRESERVE_MODES, OutpaintOptions, run_outpaint
+from .outpaint import DEFAULT_SAMPLER, DEFAULT_STEPS, PRESERVE_MODES, OutpaintOptions, run_outpaint
 from .progress import Progress
 from .samplers import SAMPLERS
 
@@ -25,8 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", required=True, help="model checkpoint (.pt)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--samples", type=int, default=3, help="number of volumes (default 3)")
-    parser.add_argument("--steps", type=int, default=100, help="denoising steps K (1..1000, default 100)")
-    parser.add_argument("--sampler", choices=SAMPLERS, default="ddpm", help="default ddpm (ancestral)")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                        help=f"denoising steps K (1..1000, default {DEFAULT_STEPS})")
+    parser.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER,
+                        help=f"default {DEFAULT_SAMPLER} (DPM-Solver++(2M)); ddpm is ancestral, ddim deterministic")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (default 0)")
     parser.add_argument("--refine-sampler", choices=SAMPLERS, default="dpm++2m",
                         help="sampler of a cascade's refine stage (default dpm++2m)")

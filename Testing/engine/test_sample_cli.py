@@ -44,7 +44,8 @@ def test_outputs_are_named_and_complete(sampled, brats_case):
     assert {p.name for p in out.iterdir()} == expected  # no temporary files left behind
     metadata = json.loads((out / f"{stem}_outpaint.json").read_text())
     assert metadata["checkpoint_sha256"] and metadata["options"]["seed"] == 0
-    assert metadata["options"]["sampler"] == "ddpm" and metadata["options"]["steps"] == 5
+    # The default sampler is recorded (the steps are the test's own --steps).
+    assert metadata["options"]["sampler"] == "dpm++2m" and metadata["options"]["steps"] == 5
     assert {"torch", "numpy", "powdr_outpaint"} <= set(metadata["versions"])
     assert metadata["timings"]["total_s"] > 0
 

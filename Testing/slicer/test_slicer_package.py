@@ -218,6 +218,23 @@ def test_default_checkpoint_is_the_bundled_demo_model():
     assert os.path.realpath(path) == os.path.realpath(REPOSITORY / "Resources" / "Models" / "powdr_demo_brain_t1.pt")
 
 
+def test_panel_defaults_are_the_engines():
+    """The panel, the batch logic and the command line start from the same sampler and K (the
+    choice the README's sampler comparison supports); the .ui's spin box shows that K too."""
+    import re
+
+    from PowdrOutpaintLib import logic
+    from powdr_outpaint import outpaint
+
+    assert (logic.DEFAULT_SAMPLER, logic.DEFAULT_STEPS) == (outpaint.DEFAULT_SAMPLER, outpaint.DEFAULT_STEPS)
+    ui = (REPOSITORY / "PowdrOutpaint" / "Resources" / "UI" / "PowdrOutpaint.ui").read_text()
+    spin = re.search(r'name="numberOfStepsSpinBox">.*?name="value">\s*<number>(\d+)</number>', ui, re.S)
+    assert int(spin.group(1)) == outpaint.DEFAULT_STEPS
+    module = (REPOSITORY / "PowdrOutpaint" / "PowdrOutpaint.py").read_text()
+    assert "numberOfSteps: Annotated[int, WithinRange(1, 1000)] = DEFAULT_STEPS" in module
+    assert "sampler: Annotated[str, Choice(list(SAMPLERS))] = DEFAULT_SAMPLER" in module
+
+
 def test_panel_offers_exactly_the_engines_samplers():
     """The panel's sampler choices are those the worker accepts (a choice it lacked, or one the
     worker refuses, would only show at run time)."""

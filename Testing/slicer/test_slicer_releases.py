@@ -92,7 +92,7 @@ def test_parameter_node_construction_defaults_and_serialisation(release, core):
         for name, info in ParameterNode.allParameters.items():
             assert parameters.getValue(name) == info.default.value, name
         assert parameters.inputVolume is None and parameters.lesionNode is None
-        assert (parameters.numberOfSamples, parameters.numberOfSteps, parameters.sampler) == (5, 100, "ddpm")
+        assert (parameters.numberOfSamples, parameters.numberOfSteps, parameters.sampler) == (5, 20, "dpm++2m")
 
         volume, labelmap = syntheticVolumes(core.scene)
         others = sequenceVolumes(core.scene, ("t1ce", "t2", "flair"))
