@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--preserve", choices=PRESERVE_MODES, default="exact",
                         help="exact: lesion voxels copied from the input (default); model: raw network output")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="auto: bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), else fp32")
+                        help="auto: bf16 on CUDA and on CPUs where it is faster (AMX, AMD with AVX512-BF16), else fp32")
     parser.add_argument("--progress", choices=("text", "json", "none"), default="text",
                         help="text: a progress bar; json: one JSON object per line on stdout")
     parser.set_defaults(func=_run)

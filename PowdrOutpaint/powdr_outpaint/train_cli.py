@@ -75,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument("--device", default="auto", help="auto, cpu or cuda (under torchrun: one GPU per process)")
     runtime.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                         help="auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), else fp32")
+                         help="auto: bf16 autocast on CUDA and on CPUs where it is faster (AMX, AMD with AVX512-BF16), else fp32")
     runtime.add_argument("--threads", type=int, default=None, help="CPU threads per process")
     runtime.add_argument("--compile", action="store_true", help="torch.compile the network (long runs)")
     parser.set_defaults(func=_run)

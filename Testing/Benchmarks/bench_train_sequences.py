@@ -25,12 +25,13 @@ import time
 from pathlib import Path
 
 
-def train(data: str, preset: str, modality: str, iterations: int, threads: int, cache: Path, out: Path) -> dict:
+def train(data: str, preset: str, modality: str, iterations: int, threads: int, cache: Path, out: Path,
+          precision: str = "auto") -> dict:
     command = [
         sys.executable, "-m", "powdr_outpaint", "train", "--data", data, "--preset", preset, "--modality", modality,
         "--iterations", str(iterations), "--save-every", str(iterations), "--snapshot-every", "0",
         "--preview-every", "0", "--threads", str(threads), "--cache-dir", str(cache), "--progress", "none",
-        "--out", str(out), "--device", "cpu",
+        "--out", str(out), "--device", "cpu", "--precision", precision,
     ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(process.pid, 0)
@@ -40,7 +41,8 @@ def train(data: str, preset: str, modality: str, iterations: int, threads: int, 
     with open(out / "train_log.csv", newline="") as handle:
         times = [float(row["time"]) for row in csv.DictReader(handle)]
     per_iteration = [b - a for a, b in zip(times[1:], times[2:])]
-    return {"seconds": statistics.median(per_iteration), "peak_gib": usage.ru_maxrss / 2**20}
+    seconds = statistics.median(per_iteration) if per_iteration else float("nan")
+    return {"seconds": seconds, "peak_gib": usage.ru_maxrss / 2**20}
 
 
 def main() -> int:
@@ -51,6 +53,7 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     args = parser.parse_args()
     modalities = args.modalities.split(";")
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
@@ -64,12 +67,13 @@ def main() -> int:
             for modality in modalities:
                 out = work / f"run-{round_number}-{len(results[modality])}-{modality.replace(',', '_')}"
                 results[modality].append(train(args.data, args.preset, modality, args.iterations, args.threads,
-                                               cache, out))
+                                               cache, out, args.precision))
                 shutil.rmtree(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"{time.strftime('%Y-%m-%d %H:%M')}  {platform.processor() or platform.machine()}  preset {args.preset}, "
-          f"{args.threads} threads, {args.rounds} alternating rounds of {args.iterations} iterations")
+          f"{args.threads} threads, precision {args.precision}, {args.rounds} alternating rounds of "
+          f"{args.iterations} iterations")
     print(f"{'sequences':>20} {'s/iteration':>12} {'per round':>24} {'peak GiB':>9}")
     for modality in modalities:
         seconds = [r["seconds"] for r in results[modality]]
