@@ -331,14 +331,15 @@ def free_port() -> int:
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason=f"torchrun not found beside {sys.executable}")
-def test_torchrun_two_gloo_processes_write_one_checkpoint(four_cases, cache_dir, tmp_path):
+@pytest.mark.parametrize("modality", ["t1", "t1,t1ce,t2,flair"])
+def test_torchrun_two_gloo_processes_write_one_checkpoint(four_cases, cache_dir, tmp_path, modality):
     out = tmp_path / "ddp"
     env = environment()
     env["OMP_NUM_THREADS"] = "1"
     result = subprocess.run(
         [str(TORCHRUN), "--nnodes", "1", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
          "--master-port", str(free_port()), "-m", "powdr_outpaint", "train", "--data", str(four_cases),
-         "--preset", "tiny", "--out", str(out), "--iterations", "4", "--save-every", "2",
+         "--preset", "tiny", "--modality", modality, "--out", str(out), "--iterations", "4", "--save-every", "2",
          "--snapshot-every", "0", "--preview-every", "0", "--cache-dir", str(cache_dir), "--device", "cpu",
          "--threads", "1", "--progress", "none"],
         capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
@@ -349,6 +350,7 @@ def test_torchrun_two_gloo_processes_write_one_checkpoint(four_cases, cache_dir,
     config, payload = read_checkpoint(out / "latest.pt")
     state = payload["training_state"]
     assert state["world_size"] == 2 and state["step"] == 4 and config.training.iterations == 4
+    assert ",".join(config.sequences) == modality
     assert [int(r["step"]) for r in read_log(out / "train_log.csv")] == [1, 2, 3, 4]
     # One process prints the progress messages.
     assert result.stderr.count("Training tiny") == 1
