@@ -89,8 +89,6 @@ class PreparedCase:
 def split_sequences(modality: str) -> tuple[str, ...]:
     """'t1,T2' -> ('t1', 't2'); each must be a known name (see MODALITIES), none twice."""
     names = tuple(part.strip().lower() for part in str(modality).split(","))
-    for name in names:
-        modality_aliases(name)
     groups = [modality_aliases(name) for name in names]
     if len(set(groups)) != len(groups):
         raise PowdrError(f"--modality names a sequence twice ({modality})")
@@ -104,6 +102,32 @@ def modality_aliases(modality: str) -> tuple[str, ...]:
         if modality in group:
             return group
     raise PowdrError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}")
+
+
+def sequence_names(sequence: str) -> tuple[str, ...]:
+    """The lower-case names a sequence's files may carry: its BraTS aliases, or itself."""
+    try:
+        return modality_aliases(sequence)
+    except PowdrError:  # a sequence BraTS does not know (e.g. "dwi") goes by its own name only
+        return (sequence.lower(),)
+
+
+def strip_sequence(stem: str, names: Iterable[str]) -> str:
+    """'Brats18_X_t1ce' -> 'Brats18_X': ``stem`` without a trailing _NAME or -NAME of ``names``."""
+    for name in names:
+        if stem.lower().endswith((f"_{name.lower()}", f"-{name.lower()}")) and len(stem) > len(name) + 1:
+            return stem[: -len(name) - 1]
+    return stem
+
+
+def names_sequence(path: str | os.PathLike, sequence: str) -> bool:
+    """True if the file's stem is the sequence or ends in ``_SEQ`` or ``-SEQ`` (or an alias).
+
+    A whole-word match, so ``CASE_t1ce.nii.gz`` is not a t1 image.
+    """
+    stem = stem_of(path)
+    names = sequence_names(sequence)
+    return stem.lower() in names or strip_sequence(stem, names) != stem
 
 
 def _find_file(folder: Path, case: str, suffixes: Iterable[str]) -> Path | None:

@@ -27,6 +27,7 @@ import numpy as np
 from . import metrics as m
 from .atomic import write_json_atomic
 from .cli import command_help, named_files
+from .data import strip_sequence
 from .errors import PowdrError
 from .outpaint import sequence_stem
 from .preprocess import lesion_on_image_grid, parse_labels
@@ -399,10 +400,7 @@ def _count(number: int, noun: str) -> str:
 
 def _case_name(stems: Sequence[str], names: Sequence[str] = ()) -> str:
     """What a run's stems share: 'C_t1', 'C_t1ce' of t1, t1ce -> 'C' (each stem without its sequence's name)."""
-    bases = [
-        stem[: -len(name) - 1] if stem.lower().endswith((f"_{name.lower()}", f"-{name.lower()}")) else stem
-        for stem, name in zip(stems, names)
-    ] or list(stems)
+    bases = [strip_sequence(stem, (name,)) for stem, name in zip(stems, names)] or list(stems)
     common = os.path.commonprefix(bases).rstrip("_-. ")
     return common or ", ".join(stems)
 

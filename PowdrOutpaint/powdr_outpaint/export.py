@@ -46,6 +46,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .atomic import atomic_target, write_json_atomic
+from .data import strip_sequence
 from .errors import PowdrError
 from .evaluate_cli import SAMPLE_PATTERN
 from .generate import label_file, original_label_map, safe_name
@@ -132,10 +133,7 @@ def _sequence_stems(metadata: dict[str, Any], sequences: tuple[str, ...], where:
 
 def _case_stem(stem: str, sequence: str) -> str:
     """'Brats18_X_t1' -> 'Brats18_X': a multi-sequence run's case is not one sequence's."""
-    lowered = stem.lower()
-    if lowered.endswith((f"_{sequence.lower()}", f"-{sequence.lower()}")) and len(stem) > len(sequence) + 1:
-        return stem[: -len(sequence) - 1]
-    return stem
+    return strip_sequence(stem, (sequence,))
 
 
 def _multi_sequence_run(root: Path, metadata_path: Path, metadata: dict[str, Any], stems: tuple[str, ...]) -> Run:

@@ -44,7 +44,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from .checkpoint import read_checkpoint
-from .data import modality_aliases
+from .data import names_sequence, sequence_names, strip_sequence
 from .errors import PowdrError
 from .outpaint import OutpaintOptions, output_names, run_outpaint, sequence_stem
 from .preprocess import parse_labels, resample
@@ -103,23 +103,6 @@ def safe_name(name: str) -> str:
 
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatch(name.lower(), pattern.lower()) for pattern in patterns)
-
-
-def sequence_names(sequence: str) -> tuple[str, ...]:
-    """The lower-case names a sequence's files may carry: its BraTS aliases, or itself."""
-    try:
-        return modality_aliases(sequence)
-    except PowdrError:  # a sequence BraTS does not know (e.g. "dwi") goes by its own name only
-        return (sequence.lower(),)
-
-
-def names_sequence(path: Path, sequence: str) -> bool:
-    """True if the file's stem is the sequence or ends in ``_SEQ`` or ``-SEQ`` (or an alias).
-
-    A whole-word match, so ``CASE_t1ce.nii.gz`` is not a t1 image.
-    """
-    stem = stem_of(path).lower()
-    return any(stem == alias or stem.endswith((f"_{alias}", f"-{alias}")) for alias in sequence_names(sequence))
 
 
 def _missing_sentence(case: str, missing: list[str]) -> str:
@@ -233,7 +216,7 @@ def _cases_from_csv(path: Path, sequences: tuple[str, ...] = ()) -> list[Case]:
         images = [resolve(text) if text else None for text in texts]
         first = next(p for p in images if p is not None)
         # Without a case column the name is the first image's stem, less its sequence's name.
-        name = safe_name(name or _without_sequence(stem_of(first), sequences[images.index(first)]))
+        name = safe_name(name or strip_sequence(stem_of(first), sequence_names(sequences[images.index(first)])))
         # A file that is named but absent is as missing as an empty cell: say so before reading anything.
         missing = [s for s, p in zip(sequences, images) if p is None or not p.is_file()]
         images = [p if p is not None and p.is_file() else None for p in images]
@@ -246,14 +229,6 @@ def _cases_from_csv(path: Path, sequences: tuple[str, ...] = ()) -> list[Case]:
             )
         cases.append(Case(name, images[0] or first, mask, sequences, tuple(images), problem))
     return cases
-
-
-def _without_sequence(stem: str, sequence: str) -> str:
-    """'Brats18_X_t1ce' -> 'Brats18_X' (the sequence's name or an alias at the end, with its _ or -)."""
-    for alias in sequence_names(sequence):
-        if stem.lower().endswith((f"_{alias}", f"-{alias}")) and len(stem) > len(alias) + 1:
-            return stem[: -len(alias) - 1]
-    return stem
 
 
 def discover_cases(

@@ -177,15 +177,11 @@ class CaseInputs:
 
 def sequence_stem(path: str | Path, sequence: str) -> str:
     """The file-name stem of one sequence's outputs: the image's stem, ending in the sequence's name."""
-    from .data import MODALITY_GROUPS
+    from .data import names_sequence
 
     stem = stem_of(path)
-    lowered = stem.lower()
     # A BraTS 2023 name (CASE-t1n) already says t1: its aliases count as its name.
-    names = next((group for group in MODALITY_GROUPS if sequence.lower() in group), (sequence.lower(),))
-    if any(lowered == name or lowered.endswith((f"_{name}", f"-{name}")) for name in names):
-        return stem
-    return f"{stem}_{sequence}"
+    return stem if names_sequence(path, sequence) else f"{stem}_{sequence}"
 
 
 def image_paths(images: ImageInput, sequences: tuple[str, ...]) -> list[Path]:
