@@ -25,7 +25,6 @@ import argparse
 import datetime
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,8 +39,8 @@ from powdr_outpaint.volume_io import load_volume
 DEFAULT_SETTINGS = "ddpm:1000,ddpm:100,dpm++2m:50,dpm++2m:20,dpm++2m:10"
 
 
-def run(*args: object) -> None:
-    subprocess.run([sys.executable, "-m", "powdr_outpaint", *map(str, args)], check=True)
+# This script's folder is on sys.path when it runs: the figures are evaluate_holdout's.
+from evaluate_holdout import evaluate_figures, run  # noqa: E402
 
 
 def sample_and_evaluate(folder: Path, setting: str, args: argparse.Namespace) -> dict:
@@ -53,22 +52,7 @@ def sample_and_evaluate(folder: Path, setting: str, args: argparse.Namespace) ->
     run("sample", "--image", image, "--mask", mask, "--checkpoint", args.checkpoint, "--samples", args.samples,
         "--seed", 0, "--progress", "none", "--sampler", sampler, "--steps", steps, "--out", out, *args.extra)
     seconds = time.perf_counter() - started
-    run("evaluate", "--original", image, "--mask", mask, "--samples", out, "--json", out / "qa_metrics.json",
-        "--report", out / "qa_report.png", "--progress", "none")
-    metrics = json.loads((out / "qa_metrics.json").read_text())
-    realism = metrics["realism"]
-    return {
-        "out": out,
-        "sample_s": seconds,
-        "pairwise_min_pct": realism["pairwise_difference_pct"]["min"],
-        "pairwise_median_pct": realism["pairwise_difference_pct"]["median"],
-        "high_frequency_ratio": realism["high_frequency_ratio"],
-        "histogram_distance": realism["histogram_distance"],
-        "ssim_out": metrics["fidelity_mean"]["ssim"]["outside"],
-        "cosine": metrics["diversity"]["cosine"]["mean"],
-        "std_outside_mean": metrics["std_map"]["outside"]["mean"],
-        "lesion_max_abs_diff": metrics["lesion"]["max_abs_diff"],
-    }
+    return {"out": out, "sample_s": seconds, **evaluate_figures(image, mask, out)}
 
 
 def against_reference(folder: Path, out: Path, reference: Path, args: argparse.Namespace) -> dict:

@@ -23,6 +23,25 @@ def run(*args: object) -> None:
     subprocess.run([sys.executable, "-m", "powdr_outpaint", *map(str, args)], check=True)
 
 
+def evaluate_figures(image: Path, mask: Path, out: Path) -> dict:
+    """``powdr-outpaint evaluate`` on the run in ``out``; the figures these benchmarks report."""
+    run("evaluate", "--original", image, "--mask", mask, "--samples", out, "--json", out / "qa_metrics.json",
+        "--report", out / "qa_report.png", "--progress", "none")
+    metrics = json.loads((out / "qa_metrics.json").read_text())
+    realism = metrics["realism"]
+    return {
+        "pairwise_min_pct": realism["pairwise_difference_pct"]["min"],
+        "pairwise_median_pct": realism["pairwise_difference_pct"]["median"],
+        "high_frequency_ratio": realism["high_frequency_ratio"],
+        "histogram_distance": realism["histogram_distance"],
+        "ssim_out": metrics["fidelity_mean"]["ssim"]["outside"],
+        "ms_ssim_out": metrics["fidelity_mean"]["ms_ssim"]["outside"],
+        "cosine": metrics["diversity"]["cosine"]["mean"],
+        "lesion_max_abs_diff": metrics["lesion"]["max_abs_diff"],
+        "std_outside_mean": metrics["std_map"]["outside"]["mean"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("cases", nargs="+", help="BraTS case folders (CASE/CASE_t1.nii.gz, CASE_seg.nii.gz)")
@@ -42,22 +61,7 @@ def main() -> None:
         run("sample", "--image", image, "--mask", mask, "--checkpoint", args.checkpoint, "--samples", args.samples,
             "--seed", 0, "--progress", "none", "--out", out, *args.extra)
         seconds = time.perf_counter() - started
-        run("evaluate", "--original", image, "--mask", mask, "--samples", out, "--json", out / "qa_metrics.json",
-            "--report", out / "qa_report.png", "--progress", "none")
-        metrics = json.loads((out / "qa_metrics.json").read_text())
-        realism = metrics["realism"]
-        rows[folder.name] = {
-            "sample_s": round(seconds, 1),
-            "pairwise_min_pct": realism["pairwise_difference_pct"]["min"],
-            "pairwise_median_pct": realism["pairwise_difference_pct"]["median"],
-            "high_frequency_ratio": realism["high_frequency_ratio"],
-            "histogram_distance": realism["histogram_distance"],
-            "ssim_out": metrics["fidelity_mean"]["ssim"]["outside"],
-            "ms_ssim_out": metrics["fidelity_mean"]["ms_ssim"]["outside"],
-            "cosine": metrics["diversity"]["cosine"]["mean"],
-            "lesion_max_abs_diff": metrics["lesion"]["max_abs_diff"],
-            "std_outside_mean": metrics["std_map"]["outside"]["mean"],
-        }
+        rows[folder.name] = {"sample_s": round(seconds, 1), **evaluate_figures(image, mask, out)}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "holdout.json").write_text(json.dumps(rows, indent=1))
     names = list(rows)

@@ -59,6 +59,16 @@ def reduced_cases(
     return cases
 
 
+def run_export(source: Path, out: Path, *extra: object, dataset_id: int = 501,
+               name: str = "BrainOutpaint") -> tuple[int, str]:
+    """``powdr-outpaint export --format nnunet`` in this process; returns (exit code, stderr)."""
+    code, _, err = run_cli(
+        "export", "--from", source, "--format", "nnunet", "--dataset-id", dataset_id, "--name", name,
+        "--out", out, "--progress", "none", *extra,
+    )
+    return code, err
+
+
 def run_cli(*argv: object) -> tuple[int, str, str]:
     """``powdr-outpaint ARGV`` in this process; returns (exit code, stdout, stderr)."""
     from powdr_outpaint.cli import main

@@ -30,12 +30,7 @@ def generated(brats_dir, tiny_checkpoint, tmp_path_factory):
     return root, cases
 
 
-def export(source: Path, out: Path, *extra: object, dataset_id: int = 501) -> tuple[int, str]:
-    code, _, err = qa_data.run_cli(
-        "export", "--from", source, "--format", "nnunet", "--dataset-id", dataset_id, "--name", "BrainOutpaint",
-        "--out", out, "--progress", "none", *extra,
-    )
-    return code, err
+export = qa_data.run_export
 
 
 def test_default_export_keeps_original_labels(generated, tmp_path):

@@ -188,11 +188,7 @@ def test_case_missing_flair_is_reported_and_the_others_complete(brats_dir, four_
 
 
 def export(source: Path, out: Path, *extra: object, dataset_id: int = 511) -> tuple[int, str]:
-    code, _, err = qa_data.run_cli(
-        "export", "--from", source, "--format", "nnunet", "--dataset-id", dataset_id, "--name", "Brain4",
-        "--out", out, "--progress", "none", *extra,
-    )
-    return code, err
+    return qa_data.run_export(source, out, *extra, dataset_id=dataset_id, name="Brain4")
 
 
 def test_nnunet_export_has_one_channel_per_sequence_in_checkpoint_order(four_sequence_run, tmp_path):

@@ -59,6 +59,22 @@ def _registerLogic(applicationLogic, scene, name, logic):
     return logic
 
 
+def _untilSampling(job, timeoutSeconds: float = 120.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeoutSeconds
+    while job.progress.stage != "sampling" and time.monotonic() < deadline:
+        assert not job.poll(), f"the run ended early: {job.state} {job.error}"
+        time.sleep(0.1)
+    assert job.progress.stage == "sampling"
+
+
+@pytest.fixture(scope="session")
+def untilSampling():
+    """``untilSampling(job)``: poll a running job until its worker is sampling (so a cancel hits it mid-run)."""
+    return _untilSampling
+
+
 @pytest.fixture
 def core():
     """A fresh scene, set as slicer.mrmlScene, with the module logics the module relies on."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -233,7 +232,8 @@ def test_a_missing_sequence_is_one_clear_error_and_changes_nothing(fourSequences
     assert logic.currentJob is None
 
 
-def test_cancel_with_four_sequences_ends_the_worker_and_adds_no_nodes(fourSequences, tinyFourSequenceCheckpoint):
+def test_cancel_with_four_sequences_ends_the_worker_and_adds_no_nodes(fourSequences, tinyFourSequenceCheckpoint,
+                                                                      untilSampling):
     psutil = pytest.importorskip("psutil")
     core, volumes = fourSequences["core"], fourSequences["volumes"]
     logic = PowdrOutpaintLogic()
@@ -244,11 +244,7 @@ def test_cancel_with_four_sequences_ends_the_worker_and_adds_no_nodes(fourSequen
     assert sum(argument == "--image" for argument in job.worker.args) == 4
     assert [argument.split("=")[0] for argument in job.worker.args if argument.endswith(".nrrd")
             and "=" in argument] == list(FOUR_SEQUENCES)
-    deadline = time.monotonic() + 120
-    while job.progress.stage != "sampling" and time.monotonic() < deadline:
-        assert not job.poll(), f"the run ended early: {job.state} {job.error}"
-        time.sleep(0.1)
-    assert job.progress.stage == "sampling"
+    untilSampling(job)
     tree = [worker] + worker.children(recursive=True)
     temporaryDirectory = job.temporaryDirectory
 
