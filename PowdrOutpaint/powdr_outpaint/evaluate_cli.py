@@ -13,7 +13,6 @@ section per sequence, in the checkpoint's order.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -26,6 +25,7 @@ import numpy as np
 
 from . import metrics as m
 from .atomic import write_json_atomic
+from .checkpoint import file_sha256
 from .cli import command_help, named_files
 from .data import strip_sequence
 from .errors import PowdrError
@@ -288,14 +288,7 @@ def _same_file(a: Path, b: Path) -> bool:
             return True
         if a.stat().st_size != b.stat().st_size:
             return False
-        digests = []
-        for path in (a, b):
-            digest = hashlib.sha256()
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            digests.append(digest.digest())
-        return digests[0] == digests[1]
+        return file_sha256(a) == file_sha256(b)
     except OSError:
         return True  # nothing to compare with: no warning
 
