@@ -37,6 +37,6 @@ def brats_case(brats_dir: Path) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from powdr_outpaint.checkpoint import initial_checkpoint
+    from powdr_outpaint.model.checkpoint import initial_checkpoint
 
     return initial_checkpoint(tmp_path_factory.mktemp("checkpoints") / "tiny.pt", "tiny", seed=0)

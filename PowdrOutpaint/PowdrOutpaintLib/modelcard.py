@@ -24,7 +24,7 @@ from .progress import PowdrOutpaintError
 __all__ = ["readModelCard", "formatModelCard", "sequencesOfCard", "sequenceLabel", "joinLabels"]
 
 CHECKPOINT_FORMAT = "powdr-outpaint-checkpoint"
-#: The engine's rule for a sequence name (powdr_outpaint.checkpoint.SEQUENCE_NAME)
+#: The engine's rule for a sequence name (powdr_outpaint.model.checkpoint.SEQUENCE_NAME)
 SEQUENCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 
 

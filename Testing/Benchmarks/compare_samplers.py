@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from powdr_outpaint import metrics as m
-from powdr_outpaint.evaluate_cli import find_run
-from powdr_outpaint.preprocess import lesion_on_image_grid, parse_labels
-from powdr_outpaint.volume_io import load_volume
+from powdr_outpaint.imaging.preprocess import lesion_on_image_grid, parse_labels
+from powdr_outpaint.imaging.volume_io import load_volume
+from powdr_outpaint.qa import metrics as m
+from powdr_outpaint.qa.evaluate import find_run
 
 DEFAULT_SETTINGS = "ddpm:1000,ddpm:100,dpm++2m:50,dpm++2m:20,dpm++2m:10"
 

@@ -29,12 +29,12 @@ import statistics
 import numpy as np
 import torch
 
-from powdr_outpaint.checkpoint import load_model
-from powdr_outpaint.diffusion import Schedule
-from powdr_outpaint.outpaint import denoise, load_case, sample_generator
-from powdr_outpaint.runtime import FastForward
-from powdr_outpaint.samplers import Sampler
-from powdr_outpaint.transforms import image_to_wavelet, make_condition, wavelet_to_image
+from powdr_outpaint.model.checkpoint import load_model
+from powdr_outpaint.model.diffusion import Schedule
+from powdr_outpaint.model.runtime import FastForward
+from powdr_outpaint.model.samplers import Sampler
+from powdr_outpaint.model.transforms import image_to_wavelet, make_condition, wavelet_to_image
+from powdr_outpaint.outpainting.outpaint import denoise, load_case, sample_generator
 
 
 def pairwise_percent(images: list[np.ndarray], region: np.ndarray) -> list[float]:
@@ -123,8 +123,8 @@ def main() -> None:
 
 def memorisation(train_images: list[str], case, samples: list[np.ndarray], region: np.ndarray) -> dict:
     """Distances (% of range) from the real case and from each sample to every training image."""
-    from powdr_outpaint.preprocess import normalise, resample
-    from powdr_outpaint.volume_io import load_volume
+    from powdr_outpaint.imaging.preprocess import normalise, resample
+    from powdr_outpaint.imaging.volume_io import load_volume
 
     prepared = case.prepared
     shape = prepared.model_image.shape

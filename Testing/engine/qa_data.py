@@ -71,7 +71,7 @@ def run_export(source: Path, out: Path, *extra: object, dataset_id: int = 501,
 
 def run_cli(*argv: object) -> tuple[int, str, str]:
     """``powdr-outpaint ARGV`` in this process; returns (exit code, stdout, stderr)."""
-    from powdr_outpaint.cli import main
+    from powdr_outpaint.commands.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

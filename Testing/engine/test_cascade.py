@@ -17,21 +17,19 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
-from powdr_outpaint.augment import WarpSettings, random_warp, warp_case
-from powdr_outpaint.cascade import block_starts, coarse_on_fine, denoise_in_blocks
-from powdr_outpaint.checkpoint import initial_checkpoint, load_model, save_cascade
-from powdr_outpaint.data import PreparedCase
-from powdr_outpaint.diffusion import Schedule, DiffusionConfig
-from powdr_outpaint.errors import CheckpointError
-from powdr_outpaint.masks import foreground_depth
-from powdr_outpaint.outpaint import denoise, sample_generator
-from powdr_outpaint.preprocess import Prepared
-from powdr_outpaint.samplers import Sampler
-from powdr_outpaint.train import read_log, train
-
 from test_train import brats_or_skip, command, environment, tiny_options
 
+from powdr_outpaint.errors import CheckpointError
+from powdr_outpaint.imaging.masks import foreground_depth
+from powdr_outpaint.imaging.preprocess import Prepared
+from powdr_outpaint.model.checkpoint import initial_checkpoint, load_model, save_cascade
+from powdr_outpaint.model.diffusion import DiffusionConfig, Schedule
+from powdr_outpaint.model.samplers import Sampler
+from powdr_outpaint.outpainting.cascade import block_starts, coarse_on_fine, denoise_in_blocks
+from powdr_outpaint.outpainting.outpaint import denoise, sample_generator
+from powdr_outpaint.training.augment import WarpSettings, random_warp, warp_case
+from powdr_outpaint.training.data import PreparedCase
+from powdr_outpaint.training.train import read_log, train
 
 # ------------------------------------------------------------------ blocks
 
@@ -214,7 +212,7 @@ def test_warps_are_mild_reproducible_and_varied():
 def test_refined_image_keeps_the_first_stage_background():
     """The refine stage adds detail to the anatomy; it never paints where the first stage put
     nothing, and it is left alone everywhere else."""
-    from powdr_outpaint.cascade import keep_first_stage_background
+    from powdr_outpaint.outpainting.cascade import keep_first_stage_background
 
     rng = np.random.default_rng(0)
     first = rng.uniform(-1, 1, (6, 5, 4)).astype(np.float32)

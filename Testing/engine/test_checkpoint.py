@@ -6,7 +6,8 @@ import sys
 import pytest
 import torch
 
-from powdr_outpaint.checkpoint import (
+from powdr_outpaint.errors import CheckpointError
+from powdr_outpaint.model.checkpoint import (
     FORMAT,
     ModelConfig,
     initial_checkpoint,
@@ -14,8 +15,7 @@ from powdr_outpaint.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from powdr_outpaint.errors import CheckpointError
-from powdr_outpaint.network import OutpaintUNet
+from powdr_outpaint.model.network import OutpaintUNet
 
 
 class _OpensAFile:

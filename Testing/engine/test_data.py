@@ -11,9 +11,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from powdr_outpaint import data as data_module
-from powdr_outpaint.checkpoint import ModelConfig
-from powdr_outpaint.data import (
+from powdr_outpaint.errors import PowdrError
+from powdr_outpaint.imaging.preprocess import lesion_on_image_grid, prepare
+from powdr_outpaint.imaging.volume_io import load_volume
+from powdr_outpaint.model.checkpoint import ModelConfig
+from powdr_outpaint.training import data as data_module
+from powdr_outpaint.training.data import (
     CaseStore,
     PrepareSettings,
     cache_key,
@@ -21,9 +24,6 @@ from powdr_outpaint.data import (
     modality_aliases,
     prepare_all,
 )
-from powdr_outpaint.errors import PowdrError
-from powdr_outpaint.preprocess import lesion_on_image_grid, prepare
-from powdr_outpaint.volume_io import load_volume
 
 REPO = Path(__file__).resolve().parents[2]
 BRATS = Path(os.environ.get("POWDR_BRATS_DIR", REPO.parent / "shared" / "data" / "brats18"))

@@ -7,8 +7,8 @@ import sys
 import nibabel as nib
 import numpy as np
 
-from powdr_outpaint.checkpoint import read_checkpoint
-from powdr_outpaint.demo import demo_checkpoint_path, make_demo_inputs
+from powdr_outpaint.commands.demo import demo_checkpoint_path, make_demo_inputs
+from powdr_outpaint.model.checkpoint import read_checkpoint
 
 
 def test_bundled_demo_model_is_a_trained_checkpoint():

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from powdr_outpaint.diffusion import DiffusionConfig, Schedule, respaced_schedule, respaced_timesteps
-from powdr_outpaint.samplers import Sampler
+from powdr_outpaint.model.diffusion import DiffusionConfig, Schedule, respaced_schedule, respaced_timesteps
+from powdr_outpaint.model.samplers import Sampler
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +174,7 @@ def test_dpm_solver_reaches_the_exact_ode_end_point_in_few_steps(schedule):
 
 
 def test_dpm_solver_steps_are_even_in_log_snr(schedule):
-    from powdr_outpaint.samplers import log_snr_timesteps
+    from powdr_outpaint.model.samplers import log_snr_timesteps
 
     kept = log_snr_timesteps(schedule, 12)
     assert kept[0] == 0 and kept[-1] == 999 and len(kept) == 12 and np.all(np.diff(kept) > 0)

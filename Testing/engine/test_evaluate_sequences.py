@@ -38,7 +38,7 @@ def _originals(images: dict[str, Path], order=None) -> list[str]:
 
 
 def _sample(case: dict, sequences: tuple[str, ...], out: Path, checkpoints: Path, samples: int = 2) -> Path:
-    from powdr_outpaint.checkpoint import initial_checkpoint
+    from powdr_outpaint.model.checkpoint import initial_checkpoint
 
     checkpoint = initial_checkpoint(checkpoints / f"tiny_{len(sequences)}.pt", "tiny", modality=",".join(sequences),
                                     seed=0)

@@ -12,8 +12,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import qa_data  # noqa: E402
 
-from powdr_outpaint.generate import discover_cases, run_generate
-from powdr_outpaint.outpaint import OutpaintOptions
+from powdr_outpaint.outpainting.generate import discover_cases, run_generate
+from powdr_outpaint.outpainting.outpaint import OutpaintOptions
 
 # The reader lives in qa_data so that the multi-sequence tests use the same rules.
 read_nnunet_raw = qa_data.read_nnunet_raw

@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import qa_data  # noqa: E402
 
 from powdr_outpaint.errors import PowdrError
-from powdr_outpaint.generate import (
+from powdr_outpaint.imaging.volume_io import Volume, load_volume
+from powdr_outpaint.outpainting.generate import (
     Case,
     case_seed,
     discover_cases,
@@ -28,8 +29,7 @@ from powdr_outpaint.generate import (
     run_generate,
     shard,
 )
-from powdr_outpaint.outpaint import OutpaintOptions
-from powdr_outpaint.volume_io import Volume, load_volume
+from powdr_outpaint.outpainting.outpaint import OutpaintOptions
 
 
 @pytest.fixture(scope="module")

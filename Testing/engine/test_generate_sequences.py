@@ -21,10 +21,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import qa_data  # noqa: E402
 
-from powdr_outpaint.checkpoint import initial_checkpoint
 from powdr_outpaint.errors import PowdrError
-from powdr_outpaint.generate import discover_cases, is_complete, run_generate
-from powdr_outpaint.outpaint import OutpaintOptions
+from powdr_outpaint.model.checkpoint import initial_checkpoint
+from powdr_outpaint.outpainting.generate import discover_cases, is_complete, run_generate
+from powdr_outpaint.outpainting.outpaint import OutpaintOptions
 
 SEQUENCES = qa_data.SEQUENCES
 # The second case's flair loses its first 3 x and 2 y slices: another grid, same place in space.

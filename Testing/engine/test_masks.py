@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from powdr_outpaint.checkpoint import ModelConfig
-from powdr_outpaint.data import PrepareSettings, discover_cases, prepare_case
-from powdr_outpaint.masks import ball, dilate, foreground_depth, largest_component, random_mask
+from powdr_outpaint.imaging.masks import ball, dilate, foreground_depth, largest_component, random_mask
+from powdr_outpaint.model.checkpoint import ModelConfig
+from powdr_outpaint.training.data import PrepareSettings, discover_cases, prepare_case
 
 REPO = Path(__file__).resolve().parents[2]
 BRATS = Path(os.environ.get("POWDR_BRATS_DIR", REPO.parent / "shared" / "data" / "brats18"))

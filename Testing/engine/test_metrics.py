@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from powdr_outpaint import metrics as m
+from powdr_outpaint.qa import metrics as m
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from powdr_outpaint.network import AttentionBlock, NetworkConfig, OutpaintUNet, count_parameters
-from powdr_outpaint.presets import PRESETS, get_preset
-from powdr_outpaint.runtime import FastForward
+from powdr_outpaint.model.network import AttentionBlock, NetworkConfig, OutpaintUNet, count_parameters
+from powdr_outpaint.model.presets import PRESETS, get_preset
+from powdr_outpaint.model.runtime import FastForward
 
 REFERENCE_PARAMETERS = 81.5e6  # the public reference network at the paper's settings
 

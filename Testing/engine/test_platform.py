@@ -155,7 +155,7 @@ def test_every_subcommand_help_without_unix_only_modules():
         'runpy.run_module("powdr_outpaint", run_name="__main__", alter_sys=True)',
         textwrap.dedent(f"""
             import contextlib, importlib, io
-            from powdr_outpaint.cli import main
+            from powdr_outpaint.commands.cli import main
             for command in {SUBCOMMANDS!r}:
                 out = io.StringIO()
                 with contextlib.redirect_stdout(out):
@@ -167,16 +167,18 @@ def test_every_subcommand_help_without_unix_only_modules():
                 print(out.getvalue())
             # and every other module of the engine imports without them too
             import pkgutil, powdr_outpaint
-            names = [m.name for m in pkgutil.iter_modules(powdr_outpaint.__path__) if m.name != "__main__"]
+            names = [m.name for m in pkgutil.walk_packages(powdr_outpaint.__path__, "powdr_outpaint.")
+                     if m.name != "powdr_outpaint.__main__"]
             for name in names:
-                importlib.import_module("powdr_outpaint." + name)
+                importlib.import_module(name)
             print("IMPORTED", len(names))
         """),
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8",
                             env=engine_env(), timeout=300)
     assert result.returncode == 0, result.stderr
-    modules = len(list((MODULE_DIR / "powdr_outpaint").glob("*.py"))) - 2  # all but __init__ and __main__
+    # every module and sub-package of the engine, all but its own __init__ and __main__
+    modules = len(list((MODULE_DIR / "powdr_outpaint").rglob("*.py"))) - 2
     assert f"IMPORTED {modules}" in result.stdout
     helps = dict(part.split("\n", 1) for part in result.stdout.split("=== ")[1:])
     assert set(helps) == set(SUBCOMMANDS)
@@ -238,12 +240,12 @@ def test_the_command_registry_matches_the_modules():
     import argparse
     import importlib
 
-    from powdr_outpaint.cli import COMMANDS, build_parser, command_in
+    from powdr_outpaint.commands.cli import COMMANDS, build_parser, command_in
 
     assert tuple(COMMANDS) == SUBCOMMANDS
     for module in sorted({entry.module for entry in COMMANDS.values()}):
         subparsers = argparse.ArgumentParser().add_subparsers()
-        importlib.import_module(f"powdr_outpaint.{module}").register(subparsers)
+        importlib.import_module(f"powdr_outpaint.commands.{module}").register(subparsers)
         assert set(subparsers.choices) == {n for n, e in COMMANDS.items() if e.module == module}, module
         helps = {action.dest: action.help for action in subparsers._choices_actions}
         assert helps == {n: e.help for n, e in COMMANDS.items() if e.module == module}, module
@@ -254,7 +256,7 @@ def test_the_command_registry_matches_the_modules():
 def test_peak_memory_sources(monkeypatch):
     import types
 
-    from powdr_outpaint import bench as memory  # peak memory lives beside the benchmark
+    from powdr_outpaint.commands import bench as memory  # peak memory lives beside the benchmark
 
     measured = memory.peak_rss_bytes()
     assert measured and measured > 10 * 2**20  # this process holds numpy and torch
@@ -298,7 +300,7 @@ def unicode_case(brats_case, tmp_path_factory) -> dict[str, Path]:
     mask = folder / "Läsion (seg) ü.nii.gz"
     shutil.copyfile(brats_case["image"], image)
     shutil.copyfile(brats_case["mask"], mask)
-    from powdr_outpaint.checkpoint import initial_checkpoint
+    from powdr_outpaint.model.checkpoint import initial_checkpoint
 
     checkpoint = initial_checkpoint(root / "modèle tiny" / "tiny ö.pt", "tiny", seed=0)
     return {"root": root, "image": image, "mask": mask, "checkpoint": checkpoint}
@@ -409,7 +411,7 @@ def test_a_torch_built_for_numpy_1_beside_numpy_2_gets_one_sentence(monkeypatch)
     import torch
 
     from powdr_outpaint.errors import PowdrError
-    from powdr_outpaint.runtime import resolve_device
+    from powdr_outpaint.model.runtime import resolve_device
 
     assert resolve_device("cpu").type == "cpu"
 

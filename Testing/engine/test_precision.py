@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from powdr_outpaint.outpaint import OutpaintOptions, run_outpaint
-from powdr_outpaint.runtime import auto_precision, cpu_prefers_bf16
+from powdr_outpaint.model.runtime import auto_precision, cpu_prefers_bf16
+from powdr_outpaint.outpainting.outpaint import OutpaintOptions, run_outpaint
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED = REPO / "Resources" / "Models" / "powdr_demo_brain_t1.pt"

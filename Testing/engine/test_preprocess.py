@@ -7,9 +7,8 @@ import nrrd
 import numpy as np
 import pytest
 
-from powdr_outpaint.checkpoint import ModelConfig
 from powdr_outpaint.errors import PowdrError
-from powdr_outpaint.preprocess import (
+from powdr_outpaint.imaging.preprocess import (
     binarise,
     lesion_on_image_grid,
     normalise,
@@ -17,8 +16,9 @@ from powdr_outpaint.preprocess import (
     prepare,
     to_input_grid,
 )
-from powdr_outpaint.presets import GridConfig
-from powdr_outpaint.volume_io import Volume, load_volume
+from powdr_outpaint.imaging.volume_io import Volume, load_volume
+from powdr_outpaint.model.checkpoint import ModelConfig
+from powdr_outpaint.model.presets import GridConfig
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_nrrd_and_nifti_give_the_same_geometry(case, tmp_path, brats_case):
 
 
 def test_dilation_grows_the_lesion_by_a_physical_radius():
-    from powdr_outpaint.preprocess import dilate_lesion
+    from powdr_outpaint.imaging.preprocess import dilate_lesion
 
     lesion = np.zeros((21, 21, 21), bool)
     lesion[10, 10, 10] = True

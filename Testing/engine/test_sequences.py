@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from powdr_outpaint.checkpoint import ModelConfig, initial_checkpoint, load_model, read_checkpoint
-from powdr_outpaint.data import discover_cases
 from powdr_outpaint.errors import PowdrError
-from powdr_outpaint.outpaint import OutpaintOptions, run_outpaint
-from powdr_outpaint.train import read_log
-from powdr_outpaint.transforms import image_to_wavelet, make_condition, wavelet_to_image
+from powdr_outpaint.model.checkpoint import ModelConfig, initial_checkpoint, load_model, read_checkpoint
+from powdr_outpaint.model.transforms import image_to_wavelet, make_condition, wavelet_to_image
+from powdr_outpaint.outpainting.outpaint import OutpaintOptions, run_outpaint
+from powdr_outpaint.training.data import discover_cases
+from powdr_outpaint.training.train import read_log
 
 FOUR = ("t1", "t1ce", "t2", "flair")
 REPO = Path(__file__).resolve().parents[2]

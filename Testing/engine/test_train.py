@@ -23,10 +23,10 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from powdr_outpaint.checkpoint import load_model, read_checkpoint
 from powdr_outpaint.errors import PowdrError
-from powdr_outpaint.train import TrainOptions, read_log, train
-from powdr_outpaint.train_stream import StepBatches, TrainingItems
+from powdr_outpaint.model.checkpoint import load_model, read_checkpoint
+from powdr_outpaint.training.stream import StepBatches, TrainingItems
+from powdr_outpaint.training.train import TrainOptions, read_log, train
 
 REPO = Path(__file__).resolve().parents[2]
 BRATS = Path(os.environ.get("POWDR_BRATS_DIR", REPO.parent / "shared" / "data" / "brats18"))
@@ -285,9 +285,9 @@ def test_step_batches_shard_the_stream_without_overlap():
 
 
 def test_training_items_follow_the_strategy(four_cases, cache_dir):
-    from powdr_outpaint.checkpoint import ModelConfig
-    from powdr_outpaint.data import CaseStore, PrepareSettings, discover_cases, prepare_all
-    from powdr_outpaint.train import resolve_settings
+    from powdr_outpaint.model.checkpoint import ModelConfig
+    from powdr_outpaint.training.data import CaseStore, PrepareSettings, discover_cases, prepare_all
+    from powdr_outpaint.training.train import resolve_settings
 
     cases, _ = discover_cases(four_cases)
     usable, _ = prepare_all(cases, PrepareSettings(ModelConfig.from_preset("tiny")), cache_dir)

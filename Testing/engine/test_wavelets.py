@@ -3,7 +3,7 @@ import pytest
 import pywt
 import torch
 
-from powdr_outpaint.wavelets import SUBBANDS, dwt3d, idwt3d
+from powdr_outpaint.model.wavelets import SUBBANDS, dwt3d, idwt3d
 
 PYWT_KEYS = {"L": "a", "H": "d"}
 

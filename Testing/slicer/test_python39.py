@@ -458,7 +458,9 @@ def test_torch_free_engine_modules_run_under_python39(tmp_path):
     result = run39("""
         import json, sys
         from pathlib import Path
-        from powdr_outpaint import cli, errors, progress, atomic
+        from powdr_outpaint import errors, progress
+        from powdr_outpaint.commands import cli
+        from powdr_outpaint.imaging import atomic
         assert cli.command_in(["--version"]) is None and cli.command_in(["info", "--json"]) == "info"
         parser = cli.build_parser(None)
         assert set(parser._subparsers._group_actions[0].choices) == set(cli.COMMANDS)
@@ -477,7 +479,7 @@ def test_module_library_runs_under_python39(tmp_path):
     """process, engine, dependencies and modelcard under 3.9: a model card read without torch and a
     real worker (the engine's ``info --json`` in this test's Python, which has torch) followed by
     the module's own ``WorkerProcess``."""
-    from powdr_outpaint.checkpoint import initial_checkpoint
+    from powdr_outpaint.model.checkpoint import initial_checkpoint
 
     checkpoint = initial_checkpoint(tmp_path / "modèle" / "tiny.pt", "tiny", seed=0)
     result = run39(textwrap.dedent(LIBRARY_BOOTSTRAP) + textwrap.dedent("""

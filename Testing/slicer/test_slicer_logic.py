@@ -418,9 +418,9 @@ def runBlocked(blocked: set[str], code: str, *arguments: str) -> "subprocess.Com
 
 
 def test_model_card_needs_no_torch_and_matches_the_engine(tinyCheckpoint, tmp_path):
+    from powdr_outpaint.model.checkpoint import initial_checkpoint, save_cascade
     from PowdrOutpaintLib import defaultCheckpointPath
     from PowdrOutpaintLib.modelcard import formatModelCard
-    from powdr_outpaint.checkpoint import initial_checkpoint, save_cascade
 
     refine = initial_checkpoint(tmp_path / "refine.pt", "tiny-refine")
     cascade = save_cascade(tinyCheckpoint, refine, tmp_path / "cascade.pt")

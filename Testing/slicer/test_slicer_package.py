@@ -223,8 +223,8 @@ def test_panel_defaults_are_the_engines():
     choice the README's sampler comparison supports); the .ui's spin box shows that K too."""
     import re
 
+    from powdr_outpaint.outpainting import outpaint
     from PowdrOutpaintLib import logic
-    from powdr_outpaint import outpaint
 
     assert (logic.DEFAULT_SAMPLER, logic.DEFAULT_STEPS) == (outpaint.DEFAULT_SAMPLER, outpaint.DEFAULT_STEPS)
     ui = (REPOSITORY / "PowdrOutpaint" / "Resources" / "UI" / "PowdrOutpaint.ui").read_text()
@@ -238,7 +238,7 @@ def test_panel_defaults_are_the_engines():
 def test_panel_offers_exactly_the_engines_samplers():
     """The panel's sampler choices are those the worker accepts (a choice it lacked, or one the
     worker refuses, would only show at run time)."""
+    from powdr_outpaint.model.samplers import SAMPLERS as engine
     from PowdrOutpaintLib.logic import SAMPLERS as panel
-    from powdr_outpaint.samplers import SAMPLERS as engine
 
     assert tuple(panel) == tuple(engine)

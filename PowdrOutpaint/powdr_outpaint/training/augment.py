@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .masks import foreground_depth
+from ..imaging.masks import foreground_depth
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def warp(volume: np.ndarray, coords: np.ndarray, order: int, fill: float) -> np.
 
 
 def warp_case(case, coords: np.ndarray):
-    """A :class:`~powdr_outpaint.data.PreparedCase` warped by ``coords`` (image, lesion, brain, depth)."""
+    """A :class:`~powdr_outpaint.training.data.PreparedCase` warped by ``coords`` (image, lesion, brain, depth)."""
     image = warp(case.image.astype(np.float32), coords, 1, -1.0)
     lesion = warp(case.lesion.astype(np.uint8), coords, 0, 0) > 0
     foreground = warp(case.foreground.astype(np.uint8), coords, 0, 0) > 0

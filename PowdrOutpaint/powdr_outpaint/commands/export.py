@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 
+from ..outpainting.export import LABEL_VALUE_MODES, export_nnunet, parse_label_names
 from .cli import command_help
-from .export import LABEL_VALUE_MODES, export_nnunet, parse_label_names
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -1,8 +1,9 @@
-"""``powdr-outpaint evaluate``: quality metrics and the QA report of one outpainting run.
+"""Evaluating one outpainting run: its metrics, its table and its QA report.
 
 Reads the original image, its lesion mask and the folder written by ``sample`` (or one
-case folder of ``generate``), computes the metrics of :mod:`powdr_outpaint.metrics`,
-prints a short table, and optionally writes the metrics as JSON and the QA PNG.
+case folder of ``generate``), computes the metrics of :mod:`powdr_outpaint.qa.metrics`,
+formats a short table, and writes the metrics as JSON and the QA PNG
+(the command line is :mod:`powdr_outpaint.commands.evaluate`).
 
 A run of a multi-sequence model (``t1,t1ce,t2,flair``) is evaluated sequence by
 sequence, each against its own original (``--original t1=A --original t1ce=B ...``, or
@@ -12,28 +13,25 @@ section per sequence, in the checkpoint's order.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 
+from ..errors import PowdrError
+from ..imaging.atomic import write_json_atomic
+from ..imaging.preprocess import lesion_on_image_grid, parse_labels
+from ..imaging.volume_io import Volume, load_volume, stem_of
+from ..model.checkpoint import file_sha256
+from ..outpainting.outpaint import sequence_stem
+from ..progress import Progress
+from ..training.data import strip_sequence
 from . import metrics as m
-from .atomic import write_json_atomic
-from .checkpoint import file_sha256
-from .cli import command_help, named_files
-from .data import strip_sequence
-from .errors import PowdrError
-from .outpaint import sequence_stem
-from .preprocess import lesion_on_image_grid, parse_labels
-from .progress import Progress
 from .report import format_number
-from .volume_io import Volume, load_volume, stem_of
 
 SAMPLE_PATTERN = re.compile(r"^(?P<stem>.+)_outpaint_s(?P<index>\d+)\.nii(\.gz)?$")
 METADATA_SUFFIX = "_outpaint.json"
@@ -316,7 +314,7 @@ def evaluate(
             when present, else every label > 0.
     Returns:
         The metrics dictionary (JSON-serialisable), described in the module
-        :mod:`powdr_outpaint.metrics` and the README. A multi-sequence run (several
+        :mod:`powdr_outpaint.qa.metrics` and the README. A multi-sequence run (several
         sequences, or None as ``original_path``) gives {"sequences": {name: the single-run
         dictionary}, ...} in the checkpoint's order.
     """
@@ -636,50 +634,3 @@ def strict_json(value: Any) -> Any:
 def write_metrics_json(path: Path, payload: dict[str, Any]) -> None:
     """The metrics as strict JSON (NaN and infinity become null), written atomically."""
     write_json_atomic(path, strict_json(payload), allow_nan=False)
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "evaluate",
-        help=command_help("evaluate"),
-        description=(
-            "Diversity (pairwise cosine similarity and histogram KL divergence), fidelity "
-            "(3-D SSIM and MS-SSIM inside and outside the lesion), lesion preservation "
-            "(max |sample - original| in the lesion) and std-map statistics. A run of several "
-            "sequences is evaluated sequence by sequence, each against its own original."
-        ),
-    )
-    parser.add_argument(
-        "--original", action="append", metavar="[SEQUENCE=]FILE",
-        help="the image the samples were made from; for a run of several sequences one per sequence, "
-        "e.g. --original t1=A.nii.gz --original t1ce=B.nii.gz --original t2=C.nii.gz --original flair=D.nii.gz "
-        "(default: the image(s) the run recorded in its metadata)",
-    )
-    parser.add_argument("--mask", default=None, help="its lesion mask or label map (default: the run's)")
-    parser.add_argument("--samples", required=True,
-                        help="the folder written by 'sample' (or one 'generate' case folder)")
-    parser.add_argument("--labels", default=None,
-                        help="lesion labels, e.g. 1,2,4 (default: those of the run, else all > 0)")
-    parser.add_argument("--stem", default=None, help="which run, when the folder holds several")
-    parser.add_argument("--json", default=None, help="write the metrics to this JSON file ('-' for standard output)")
-    parser.add_argument("--report", default=None, help="write the QA report to this PNG")
-    parser.add_argument("--progress", choices=("text", "json", "none"), default="text")
-    parser.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    if args.report and not str(args.report).lower().endswith(".png"):
-        raise PowdrError("--report must name a .png file")
-    progress = Progress(args.progress)
-    original = named_files(args.original, "--original")
-    result = evaluate(original, args.mask, args.samples, args.labels, args.stem, args.report, progress)
-    table_stream = sys.stderr if args.json == "-" else sys.stdout
-    if args.progress != "json":
-        print(format_table(result), file=table_stream, flush=True)
-    if args.json == "-":
-        print(json.dumps(strict_json(result), allow_nan=False), flush=True)
-    elif args.json:
-        write_metrics_json(Path(args.json), result)
-    if args.progress == "json":
-        progress.done({"json": args.json, "report": args.report})
-    return 0

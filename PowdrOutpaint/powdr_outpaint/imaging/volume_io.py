@@ -14,8 +14,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ..errors import PowdrError
 from .atomic import atomic_target
-from .errors import PowdrError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 NRRD_SUFFIXES = (".nrrd", ".nhdr")

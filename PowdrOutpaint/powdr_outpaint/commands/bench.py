@@ -26,14 +26,14 @@ from typing import Any, Callable
 
 import torch
 
+from ..errors import PowdrError
+from ..model.diffusion import Schedule
+from ..model.network import OutpaintUNet, count_parameters
+from ..model.presets import PRESETS, get_preset
+from ..model.runtime import FastForward, resolve_device
+from ..model.samplers import Sampler
+from ..model.transforms import clip_in_image_space
 from .cli import command_help
-from .diffusion import Schedule
-from .errors import PowdrError
-from .network import OutpaintUNet, count_parameters
-from .presets import PRESETS, get_preset
-from .runtime import FastForward, resolve_device
-from .samplers import Sampler
-from .transforms import clip_in_image_space
 
 
 def _from_resource() -> int | None:

@@ -17,9 +17,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .preprocess import Prepared, resample
-from .samplers import Sampler
-from .transforms import SUBBANDS
+from ..imaging.preprocess import Prepared, resample
+from ..model.samplers import Sampler
+from ..model.transforms import SUBBANDS
 
 
 def block_starts(size: int, block: int, min_overlap: int) -> list[int]:

@@ -17,11 +17,9 @@ from typing import Callable, Iterator, Mapping, Union
 import numpy as np
 import torch
 
-from . import __version__
-from .checkpoint import LoadedModel, load_model
-from .diffusion import Schedule
-from .errors import PowdrError
-from .preprocess import (
+from .. import __version__
+from ..errors import PowdrError
+from ..imaging.preprocess import (
     Prepared,
     blend_weights,
     dilate_lesion,
@@ -31,13 +29,15 @@ from .preprocess import (
     preserve_lesion,
     to_input_grid,
 )
-from .progress import Progress
+from ..imaging.volume_io import Volume, load_volume, save_nifti, stem_of
+from ..model.checkpoint import LoadedModel, load_model
+from ..model.diffusion import Schedule
+from ..model.runtime import FastForward, resolve_device
+from ..model.samplers import SAMPLERS, Sampler
+from ..model.transforms import SUBBANDS, clip_in_image_space, make_condition, wavelet_to_image
+from ..progress import Progress
 from .cascade import coarse_on_fine, denoise_in_blocks, keep_first_stage_background
-from .runtime import FastForward, resolve_device
-from .samplers import SAMPLERS, Sampler
 from .stats import RunningStats
-from .transforms import SUBBANDS, clip_in_image_space, make_condition, wavelet_to_image
-from .volume_io import Volume, load_volume, save_nifti, stem_of
 
 PRESERVE_MODES = ("exact", "model")
 #: The defaults of sample, generate, demo and the Slicer panel: 20 DPM-Solver++(2M) steps gave the
@@ -177,7 +177,7 @@ class CaseInputs:
 
 def sequence_stem(path: str | Path, sequence: str) -> str:
     """The file-name stem of one sequence's outputs: the image's stem, ending in the sequence's name."""
-    from .data import names_sequence
+    from ..training.data import names_sequence
 
     stem = stem_of(path)
     # A BraTS 2023 name (CASE-t1n) already says t1: its aliases count as its name.

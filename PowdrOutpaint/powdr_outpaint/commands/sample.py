@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from ..model.samplers import SAMPLERS
+from ..outpainting.outpaint import DEFAULT_SAMPLER, DEFAULT_STEPS, PRESERVE_MODES, OutpaintOptions, run_outpaint
+from ..progress import Progress
 from .cli import command_help, named_files
-from .outpaint import DEFAULT_SAMPLER, DEFAULT_STEPS, PRESERVE_MODES, OutpaintOptions, run_outpaint
-from .progress import Progress
-from .samplers import SAMPLERS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

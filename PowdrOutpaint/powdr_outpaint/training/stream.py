@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..imaging.masks import dilate, random_mask
 from .augment import random_warp, warp, warp_case
 from .data import CaseStore, PreparedCase
-from .masks import dilate, random_mask
 
 # Purposes of the derived random streams (any distinct constants).
 STREAM_ORDER, STREAM_ITEM, STREAM_NOISE, STREAM_DROPOUT, STREAM_WARP, STREAM_CROP = 11, 23, 37, 41, 53, 59

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .errors import PowdrError
-from .runtime import resolve_device
+from ..errors import PowdrError
+from ..model.runtime import resolve_device
 
 # Preparing a large data set before the first step can take a while; the default
 # collective timeout (10 minutes for NCCL) would abort the other processes meanwhile.

@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_target
+from ..errors import CheckpointError
+from ..imaging.atomic import atomic_target
 from .diffusion import DiffusionConfig
-from .errors import CheckpointError
 from .network import NetworkConfig, OutpaintUNet
 from .presets import STAGES, GridConfig, get_preset
 from .transforms import COARSE_CHANNELS

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .atomic import atomic_target
+from ..imaging.atomic import atomic_target
 
 ROWS = ("condition", "sample", "original")
 COLUMNS = ("axial", "coronal", "sagittal")

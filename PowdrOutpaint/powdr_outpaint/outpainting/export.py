@@ -45,13 +45,13 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .atomic import atomic_target, write_json_atomic
-from .data import strip_sequence
-from .errors import PowdrError
-from .evaluate_cli import SAMPLE_PATTERN
+from ..errors import PowdrError
+from ..imaging.atomic import atomic_target, write_json_atomic
+from ..imaging.preprocess import parse_labels, resample
+from ..imaging.volume_io import Volume, load_volume, save_nifti
+from ..qa.evaluate import SAMPLE_PATTERN
+from ..training.data import strip_sequence
 from .generate import label_file, original_label_map, safe_name
-from .preprocess import parse_labels, resample
-from .volume_io import Volume, load_volume, save_nifti
 
 FILE_ENDING = ".nii.gz"
 LABEL_VALUE_MODES = ("original", "consecutive")

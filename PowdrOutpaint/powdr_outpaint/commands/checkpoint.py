@@ -6,11 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-from .checkpoint import initial_checkpoint, read_checkpoint, refiner_of, save_cascade, save_checkpoint
+from ..errors import PowdrError
+from ..model.checkpoint import initial_checkpoint, read_checkpoint, refiner_of, save_cascade, save_checkpoint
+from ..model.network import OutpaintUNet, count_parameters
+from ..model.presets import PRESETS
 from .cli import command_help
-from .errors import PowdrError
-from .network import OutpaintUNet, count_parameters
-from .presets import PRESETS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -20,33 +20,33 @@ import json
 import sys
 from typing import NamedTuple
 
-from . import __version__
-from .errors import PowdrError
+from .. import __version__
+from ..errors import PowdrError
 
 
 class Command(NamedTuple):
-    module: str  # in this package; its register(subparsers) adds the parser
+    module: str  # in powdr_outpaint.commands; its register(subparsers) adds the parser
     help: str  # the line shown by powdr-outpaint --help
 
 
 #: In the order ``powdr-outpaint --help`` lists them.
 COMMANDS: dict[str, Command] = {
-    "sample": Command("sample_cli", "synthesise N volumes around a kept lesion, with mean and std maps"),
-    "init-checkpoint": Command("checkpoint_cli", "write an untrained checkpoint of a preset (for tests and plumbing)"),
-    "info": Command("checkpoint_cli", "show a checkpoint's model card"),
+    "sample": Command("sample", "synthesise N volumes around a kept lesion, with mean and std maps"),
+    "init-checkpoint": Command("checkpoint", "write an untrained checkpoint of a preset (for tests and plumbing)"),
+    "info": Command("checkpoint", "show a checkpoint's model card"),
     "strip": Command(
-        "checkpoint_cli",
+        "checkpoint",
         "keep only what sampling needs (configuration + EMA weights) from a training checkpoint",
     ),
     "cascade": Command(
-        "checkpoint_cli",
+        "checkpoint",
         "join a first-stage model and a refine-stage model into one sampling checkpoint",
     ),
     "bench": Command("bench", "time one denoising step of a preset's network"),
-    "train": Command("train_cli", "train an outpainting model on cases in BraTS layout or a CSV list"),
-    "evaluate": Command("evaluate_cli", "quality metrics and a QA report of one outpainting run"),
-    "generate": Command("generate_cli", "outpaint many cases in one run (resumable; split over GPUs under torchrun)"),
-    "export": Command("export_cli", "write outpainted runs as a segmentation training set (nnU-Net v2 raw format)"),
+    "train": Command("train", "train an outpainting model on cases in BraTS layout or a CSV list"),
+    "evaluate": Command("evaluate", "quality metrics and a QA report of one outpainting run"),
+    "generate": Command("generate", "outpaint many cases in one run (resumable; split over GPUs under torchrun)"),
+    "export": Command("export", "write outpainted runs as a segmentation training set (nnU-Net v2 raw format)"),
     "demo": Command("demo", "outpaint the MNI152 template with the bundled demo model and write a QA report"),
 }
 
@@ -59,7 +59,7 @@ def named_files(values: list[str] | None, option: str) -> str | dict[str, str] |
     """
     from pathlib import Path
 
-    from .checkpoint import SEQUENCE_NAME
+    from ..model.checkpoint import SEQUENCE_NAME
 
     if not values:
         return None

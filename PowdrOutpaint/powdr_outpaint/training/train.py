@@ -9,7 +9,7 @@ is what checkpoints offer for sampling.
 
 Reproducibility: every random number of iteration ``s`` in process ``r`` comes from
 seeds derived from (seed, s, r) -- the data order from (seed, epoch), see
-:mod:`.train_stream` -- so a run stopped after N iterations and resumed gives the
+:mod:`powdr_outpaint.training.stream` -- so a run stopped after N iterations and resumed gives the
 same weights as one that never stopped. Resuming restores the weights, the EMA, the
 optimiser state and the step; the random streams follow from the seed and the step.
 """
@@ -26,22 +26,22 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader
 
-from .bench import format_gib, peak_rss_gib
-from .checkpoint import ModelConfig, TrainingInfo, read_checkpoint, save_checkpoint
+from ..commands.bench import format_gib, peak_rss_gib
+from ..errors import PowdrError
+from ..imaging.preprocess import parse_labels
+from ..model.checkpoint import ModelConfig, TrainingInfo, read_checkpoint, save_checkpoint
+from ..model.diffusion import Schedule, x0_loss
+from ..model.network import OutpaintUNet
+from ..model.presets import get_preset
+from ..model.runtime import FastForward, auto_precision
+from ..model.samplers import Sampler
+from ..model.transforms import coarse_of, condition_image, degrade_coarse, image_to_wavelet, make_condition
+from ..outpainting.outpaint import denoise, sample_generator
 from .data import CachedCase, CaseStore, PrepareSettings, SkippedCase, discover_cases, prepare_all, split_sequences
-from .diffusion import Schedule, x0_loss
 from .distributed import DistributedContext, setup
-from .errors import PowdrError
-from .network import OutpaintUNet
-from .outpaint import denoise, sample_generator
-from .preprocess import parse_labels
-from .presets import get_preset
 from .preview import render_preview, save_preview
-from .runtime import FastForward, auto_precision
-from .samplers import Sampler
-from .train_report import Reporter, TrainLog, read_log, stop_requests
-from .train_stream import STREAM_DROPOUT, STREAM_NOISE, StepBatches, TrainingItems, stream_seed
-from .transforms import coarse_of, condition_image, degrade_coarse, image_to_wavelet, make_condition
+from .report import Reporter, TrainLog, read_log, stop_requests
+from .stream import STREAM_DROPOUT, STREAM_NOISE, StepBatches, TrainingItems, stream_seed
 
 __all__ = ["CONDITIONS", "RunSettings", "TrainOptions", "TrainResult", "read_log", "resolve_settings", "train"]
 

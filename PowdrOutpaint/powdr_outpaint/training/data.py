@@ -32,12 +32,12 @@ from typing import Callable, Iterable
 import numpy as np
 from scipy import ndimage
 
-from .atomic import atomic_target
-from .checkpoint import ModelConfig, file_sha256
-from .errors import PowdrError
-from .masks import dilate, foreground_depth, largest_component
-from .preprocess import lesion_on_image_grid, prepare, resample
-from .volume_io import NIFTI_SUFFIXES, load_volume, stem_of
+from ..errors import PowdrError
+from ..imaging.atomic import atomic_target
+from ..imaging.masks import dilate, foreground_depth, largest_component
+from ..imaging.preprocess import lesion_on_image_grid, prepare, resample
+from ..imaging.volume_io import NIFTI_SUFFIXES, load_volume, stem_of
+from ..model.checkpoint import ModelConfig, file_sha256
 
 # Bump when the cached arrays change meaning, so old cache files are not reused.
 CACHE_VERSION = 2  # multi-sequence cases add their sequences to the key instead

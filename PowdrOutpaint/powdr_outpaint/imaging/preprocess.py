@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .checkpoint import ModelConfig
-from .errors import PowdrError
+from ..errors import PowdrError
+from ..model.checkpoint import ModelConfig
 from .volume_io import Volume
 
 # Model intensities below this fraction of the normalised range are the image background.

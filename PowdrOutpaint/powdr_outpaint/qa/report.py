@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .atomic import atomic_target
+from ..imaging.atomic import atomic_target
 
 PLANES = ("axial", "coronal", "sagittal")
 PANELS = ("Condition", "Original", "Sample 1", "Sample 2", "Mean", "Std")

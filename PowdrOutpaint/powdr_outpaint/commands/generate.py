@@ -6,12 +6,12 @@ import argparse
 import json
 import sys
 
-from .checkpoint import read_checkpoint
+from ..errors import PowdrError
+from ..model.checkpoint import read_checkpoint
+from ..model.samplers import SAMPLERS
+from ..outpainting.generate import DEFAULT_MASK_GLOBS, discover_cases, distributed_env, run_generate
+from ..outpainting.outpaint import DEFAULT_SAMPLER, DEFAULT_STEPS, PRESERVE_MODES, OutpaintOptions
 from .cli import command_help
-from .errors import PowdrError
-from .generate import DEFAULT_MASK_GLOBS, discover_cases, distributed_env, run_generate
-from .outpaint import DEFAULT_SAMPLER, DEFAULT_STEPS, PRESERVE_MODES, OutpaintOptions
-from .samplers import SAMPLERS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

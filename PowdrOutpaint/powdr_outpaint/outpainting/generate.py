@@ -43,13 +43,13 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .checkpoint import read_checkpoint
-from .data import names_sequence, sequence_names, strip_sequence
-from .errors import PowdrError
+from ..errors import PowdrError
+from ..imaging.preprocess import parse_labels, resample
+from ..imaging.volume_io import NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, load_volume, save_nifti, stem_of
+from ..model.checkpoint import read_checkpoint
+from ..progress import Progress
+from ..training.data import names_sequence, sequence_names, strip_sequence
 from .outpaint import OutpaintOptions, output_names, run_outpaint, sequence_stem
-from .preprocess import parse_labels, resample
-from .progress import Progress
-from .volume_io import NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, load_volume, save_nifti, stem_of
 
 IMAGE_SUFFIXES = NIFTI_SUFFIXES + NRRD_SUFFIXES
 DEFAULT_MASK_GLOBS = ("*seg*", "*mask*", "*label*")

@@ -13,7 +13,7 @@ import contextlib
 import numpy as np
 import torch
 
-from .errors import PowdrError
+from ..errors import PowdrError
 
 
 def require_numpy_bridge() -> None:

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import PowdrError
+from ..imaging.masks import random_mask
+from ..imaging.volume_io import load_volume, save_nifti
+from ..outpainting.outpaint import DEFAULT_STEPS, OutpaintOptions, run_outpaint
+from ..progress import Progress
 from .cli import command_help
-from .errors import PowdrError
-from .masks import random_mask
-from .outpaint import DEFAULT_STEPS, OutpaintOptions, run_outpaint
-from .progress import Progress
-from .volume_io import load_volume, save_nifti
 
 DEMO_CHECKPOINT_NAME = "powdr_demo_brain_t1.pt"
 TEMPLATE_NAME = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
@@ -44,7 +44,7 @@ def demo_checkpoint_path() -> Path:
     override = os.environ.get("POWDR_DEMO_CHECKPOINT")
     if override:
         return Path(override)
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # powdr_outpaint/, above commands/
     candidates = [
         package.parents[1] / "Resources" / "Models" / DEMO_CHECKPOINT_NAME,  # repository root
         package.parent / "Resources" / "Models" / DEMO_CHECKPOINT_NAME,  # built Slicer module
@@ -91,7 +91,7 @@ def run_demo(
     progress: Progress | None = None,
 ) -> dict[str, object]:
     """Run the whole demo; returns paths and timings."""
-    from .evaluate_cli import evaluate, write_metrics_json
+    from ..qa.evaluate import evaluate, write_metrics_json
 
     progress = progress or Progress("text")
     started = time.perf_counter()
@@ -135,7 +135,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .evaluate_cli import format_table
+    from ..qa.evaluate import format_table
 
     result = run_demo(args.out, args.samples, args.steps, args.checkpoint, args.device, args.seed)
     print(format_table(result["metric_summary"]))

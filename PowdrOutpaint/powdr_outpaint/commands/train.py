@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..model.presets import PRESETS
+from ..training.train import CONDITIONS, TrainOptions, train
 from .cli import command_help
-from .presets import PRESETS
-from .train import CONDITIONS, TrainOptions, train
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

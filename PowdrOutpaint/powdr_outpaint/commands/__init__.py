@@ -1,0 +1,2 @@
+"""The ``powdr-outpaint`` command line: one module per sub-command, started by
+:mod:`powdr_outpaint.commands.cli`."""

@@ -1,0 +1,1 @@
+"""Geometry and files: reading and writing volumes, the model grid and back, lesion masks."""

@@ -1,0 +1,1 @@
+"""The model: wavelets, the conditional network, diffusion, samplers, presets and checkpoints."""

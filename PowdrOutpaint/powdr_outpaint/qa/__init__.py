@@ -1,0 +1,1 @@
+"""Quality: metrics of outpainted samples, evaluating a run, and the QA report."""
