@@ -10,6 +10,7 @@ import pytest
 from powdr_outpaint.errors import PowdrError
 from powdr_outpaint.imaging.preprocess import (
     binarise,
+    denormalise,
     lesion_on_image_grid,
     normalise,
     parse_labels,
@@ -58,6 +59,26 @@ def test_resampled_round_trip_keeps_the_anatomy(case):
     brain = image.data > 0
     correlation = np.corrcoef(back[brain], np.clip(image.data[brain], prepared.low, prepared.high))[0, 1]
     assert correlation > 0.8
+
+
+def test_cubic_output_keeps_more_detail_and_an_exact_background(case):
+    from powdr_outpaint.qa import metrics
+
+    image, _, lesion = case
+    prepared = prepare(image, lesion, _config((128, 128, 96), (1.8, 1.8, 1.8)))  # the refine stage's grid
+    assert not prepared.exact
+    data = image.data.astype(np.float64)
+    brain = metrics.regions_of(data, lesion)["outside"]
+    cubic = to_input_grid(prepared.model_image, prepared)
+    linear = to_input_grid(prepared.model_image, prepared, order=1)
+    detail = {name: metrics.high_frequency_ratio(back, data, brain) for name, back in
+              (("cubic", cubic), ("linear", linear))}
+    assert detail["cubic"] > detail["linear"] + 0.05, detail
+    # No ringing outside what the model drew: its range, and background where trilinear gives it.
+    values = denormalise(prepared.model_image, prepared.low, prepared.high, prepared.background)
+    assert cubic.min() >= values.min() and cubic.max() <= values.max()
+    np.testing.assert_array_equal(cubic[linear == prepared.background], prepared.background)
+    assert np.corrcoef(cubic[brain], linear[brain])[0, 1] > 0.98
 
 
 def test_lesion_is_kept_inside_the_field_of_view(case):
