@@ -47,6 +47,9 @@ from powdr_outpaint.outpainting.outpaint import (
 from powdr_outpaint.progress import Progress
 from powdr_outpaint.qa import metrics
 
+# This script's folder is on sys.path when it runs: the table is evaluate_holdout's.
+from evaluate_holdout import case_table  # noqa: E402
+
 
 def on_input_grid(model_image: np.ndarray, prepared: Prepared, order: int) -> np.ndarray:
     """A model-grid image in [-1, 1] on the input grid, interpolated with splines of ``order``."""
@@ -113,11 +116,7 @@ def main() -> None:
         print(folder.name, json.dumps(row), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
-    names = list(rows)
-    print("| | " + " | ".join(n.replace("Brats18_", "") for n in names) + " |")
-    print("| --- |" + " --- |" * len(names))
-    for key in next(iter(rows.values())):
-        print(f"| {key} | " + " | ".join(f"{rows[n][key]:.3f}" for n in names) + " |")
+    print(case_table(rows, ".3f"))
 
 
 if __name__ == "__main__":

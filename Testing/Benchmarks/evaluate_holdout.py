@@ -42,6 +42,15 @@ def evaluate_figures(image: Path, mask: Path, out: Path) -> dict:
     }
 
 
+def case_table(rows: dict[str, dict[str, float]], number_format: str = ".4g") -> str:
+    """{case: {figure: value}} as a Markdown table, one column per case, one row per figure."""
+    names = list(rows)
+    lines = ["| | " + " | ".join(n.replace("Brats18_", "") for n in names) + " |", "| --- |" + " --- |" * len(names)]
+    for key in next(iter(rows.values())):
+        lines.append(f"| {key} | " + " | ".join(format(rows[n][key], number_format) for n in names) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("cases", nargs="+", help="BraTS case folders (CASE/CASE_t1.nii.gz, CASE_seg.nii.gz)")
@@ -64,11 +73,7 @@ def main() -> None:
         rows[folder.name] = {"sample_s": round(seconds, 1), **evaluate_figures(image, mask, out)}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "holdout.json").write_text(json.dumps(rows, indent=1))
-    names = list(rows)
-    print("| | " + " | ".join(n.replace("Brats18_", "") for n in names) + " |")
-    print("| --- |" + " --- |" * len(names))
-    for key in next(iter(rows.values())):
-        print(f"| {key} | " + " | ".join(f"{rows[n][key]:.4g}" for n in names) + " |")
+    print(case_table(rows))
 
 
 if __name__ == "__main__":
