@@ -196,32 +196,6 @@ def test_resume_refuses_changed_settings_and_finished_runs(four_cases, cache_dir
         train(replace(options, out=str(tmp_path / "fresh"), resume=True))
 
 
-def test_min_snr_weighting_trains_differently_and_stays_with_the_run(four_cases, cache_dir, tmp_path):
-    plain = tiny_options(tmp_path / "plain", four_cases, cache_dir, iterations=3, save_every=3)
-    weighted = replace(plain, out=str(tmp_path / "weighted"), min_snr=5.0)
-    train(plain)
-    train(weighted)
-    a = torch.load(tmp_path / "plain" / "latest.pt", weights_only=True)
-    b = torch.load(tmp_path / "weighted" / "latest.pt", weights_only=True)
-    assert a["training_state"]["settings"]["min_snr"] == 0.0
-    assert b["training_state"]["settings"]["min_snr"] == 5.0
-    # Same data, noise and timesteps: only the weighting differs, and it changes the training.
-    assert [r["loss"] for r in read_log(tmp_path / "plain" / "train_log.csv")] != [
-        r["loss"] for r in read_log(tmp_path / "weighted" / "train_log.csv")]
-    assert any(not torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])
-    with pytest.raises(PowdrError, match="--min-snr 0.0 differs from the run being resumed"):
-        train(replace(weighted, resume=True, iterations=4, min_snr=0.0))
-    assert train(replace(weighted, resume=True, iterations=4, min_snr=None)).final_step == 4
-    resumed = torch.load(tmp_path / "weighted" / "latest.pt", weights_only=True)
-    assert resumed["training_state"]["settings"]["min_snr"] == 5.0
-    # A run saved before the option existed resumes with the plain loss it trained with.
-    del a["training_state"]["settings"]["min_snr"]
-    torch.save(a, tmp_path / "plain" / "latest.pt")
-    train(replace(plain, resume=True, iterations=4))
-    again = torch.load(tmp_path / "plain" / "latest.pt", weights_only=True)
-    assert again["training_state"]["settings"]["min_snr"] == 0.0
-
-
 def test_kill_leaves_a_loadable_checkpoint_that_resumes(four_cases, cache_dir, tmp_path):
     out = tmp_path / "killed"
     args = ("--data", four_cases, "--preset", "tiny", "--out", out, "--save-every", 1, "--preview-every", 0,

@@ -45,9 +45,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--augment", type=float, default=None, metavar="P",
                        help="warp each training item with probability P: mirror, a few degrees and per cent, "
                             "a few mm of shift and elastic displacement (default: the preset's)")
-    model.add_argument("--min-snr", type=float, default=None, metavar="GAMMA",
-                       help="weigh each timestep's x0 loss by min(SNR, GAMMA) (mean 1), so the nearly clean steps "
-                            "that draw fine detail count more; 0: plain MSE (default: the preset's)")
     model.add_argument("--init-from", default=None, metavar="CKPT",
                        help="start a new run from the weights of a checkpoint of the same preset (fine-tuning)")
     model.add_argument("--dilate", type=int, default=None,

@@ -119,29 +119,6 @@ def respaced_schedule(base: Schedule, timesteps: np.ndarray) -> Schedule:
     return Schedule(1.0 - kept / previous)
 
 
-def min_snr_weights(schedule: Schedule, gamma: float) -> np.ndarray:
-    """Per-timestep weights of the x0 loss: min(SNR_t, gamma), scaled to mean 1 over t (T,).
-
-    With x0 prediction the plain MSE weighs every timestep alike, so its gradient is ruled by
-    the noisiest steps, where the best answer is the blurred conditional mean; the nearly clean
-    steps, where fine detail is drawn from x_t, count little. min(SNR, gamma) (the Min-SNR
-    weighting of Hang et al., 2023) shifts the weight to them; the mean-1 scaling keeps the
-    loss, the learning rate and the gradient clipping on their usual scale. gamma <= 0: plain
-    MSE (all ones).
-    """
-    if gamma <= 0:
-        return np.ones(schedule.num_steps)
-    snr = schedule.alphas_cumprod / (1.0 - schedule.alphas_cumprod)
-    weights = np.minimum(snr, gamma)
-    return weights / weights.mean()
-
-
-def x0_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean squared error between predicted and true x_0 in the wavelet domain.
-
-    prediction, target: (B, C, X, Y, Z); weights: (B,) per batch element (None: all 1).
-    """
-    errors = (prediction.float() - target.float()) ** 2
-    if weights is None:
-        return torch.mean(errors)
-    return torch.mean(errors.flatten(1).mean(dim=1) * weights.float())
+def x0_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between predicted and true x_0 in the wavelet domain."""
+    return torch.mean((prediction.float() - target.float()) ** 2)

@@ -53,7 +53,6 @@ class TrainingDefaults:
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     augment: float = 0.0  # probability of warping a training item (see augment.py)
-    min_snr: float = 0.0  # gamma of the Min-SNR loss weighting (diffusion.min_snr_weights); 0: plain MSE
 
 
 @dataclass(frozen=True)

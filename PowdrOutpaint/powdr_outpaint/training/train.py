@@ -30,7 +30,7 @@ from ..commands.bench import format_gib, peak_rss_gib
 from ..errors import PowdrError
 from ..imaging.preprocess import parse_labels
 from ..model.checkpoint import ModelConfig, TrainingInfo, read_checkpoint, save_checkpoint
-from ..model.diffusion import Schedule, min_snr_weights, x0_loss
+from ..model.diffusion import Schedule, x0_loss
 from ..model.network import OutpaintUNet
 from ..model.presets import get_preset
 from ..model.runtime import FastForward, auto_precision
@@ -70,8 +70,6 @@ class RunSettings:
     holdout: int
     # Added later: runs stored before it resume with the value they trained with (off).
     augment: float = 0.0
-    # Added later: runs stored before it resume with the plain x0 MSE they trained with.
-    min_snr: float = 0.0
 
 
 @dataclass
@@ -94,7 +92,6 @@ class TrainOptions:
     seed: int | None = None
     holdout: int | None = None
     augment: float | None = None
-    min_snr: float | None = None
     init_from: str | None = None
     iterations: int = 200_000
     save_every: int = 1000
@@ -126,7 +123,6 @@ class TrainOptions:
             (self.p_random is None or 0.0 <= self.p_random <= 1.0, "--p-random must lie in [0, 1]"),
             (self.holdout is None or self.holdout >= 0, "--holdout must be 0 or more"),
             (self.augment is None or 0.0 <= self.augment <= 1.0, "--augment must lie in [0, 1]"),
-            (self.min_snr is None or self.min_snr >= 0.0, "--min-snr must be 0 (off) or more"),
             (self.workers is None or self.workers >= 0, "--workers must be 0 or more"),
             (self.threads is None or self.threads >= 1, "--threads must be at least 1"),
             (self.condition is None or self.condition in CONDITIONS,
@@ -158,7 +154,6 @@ def resolve_settings(options: TrainOptions, stored: dict[str, Any] | None) -> Ru
         "seed": options.seed,
         "holdout": options.holdout,
         "augment": options.augment,
-        "min_snr": options.min_snr,
     }
     if stored is not None:
         settings = RunSettings(**{f.name: stored[f.name] for f in fields(RunSettings) if f.name in stored})
@@ -197,7 +192,6 @@ def resolve_settings(options: TrainOptions, stored: dict[str, Any] | None) -> Ru
         seed=0 if options.seed is None else options.seed,
         holdout=-1 if options.holdout is None else options.holdout,
         augment=preset.training.augment if options.augment is None else options.augment,
-        min_snr=preset.training.min_snr if options.min_snr is None else options.min_snr,
     )
 
 
@@ -391,7 +385,6 @@ class Trainer:
         precision = self.options.precision
         self.use_bf16 = precision == "bf16" or (precision == "auto" and auto_precision(self.device) == "bf16")
         self.schedule = Schedule.from_config(self.config.diffusion)
-        self.loss_weights = torch.from_numpy(min_snr_weights(self.schedule, settings.min_snr)).to(self.device)
         self.lll = self.config.normalisation.lll_scale
 
     def _initial_weights(self, path: str) -> dict[str, torch.Tensor]:
@@ -497,7 +490,7 @@ class Trainer:
         torch.manual_seed(stream_seed(settings.seed, step, self.context.rank, STREAM_DROPOUT))
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
             prediction = self.model(torch.cat([noisy, condition], dim=1), t)
-        loss = x0_loss(prediction, target, self.loss_weights[t] if settings.min_snr > 0 else None)
+        loss = x0_loss(prediction, target)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if settings.grad_clip > 0:
