@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -190,8 +189,6 @@ def test_bad_input_gives_one_clear_error_and_writes_nothing(problem, brats_case,
 
 
 def test_checkpoint_trained_on_dilated_masks_dilates_at_sampling(brats_case, tmp_path):
-    from dataclasses import replace
-
     from powdr_outpaint.model.checkpoint import initial_checkpoint, read_checkpoint, save_checkpoint, with_training
 
     config, payload = read_checkpoint(initial_checkpoint(tmp_path / "plain.pt", "tiny"))

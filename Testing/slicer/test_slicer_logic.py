@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import tempfile
 
@@ -297,8 +298,6 @@ def test_engine_is_found_without_pythonpath(tinyCheckpoint, monkeypatch):
     assert completed.returncode == 0, completed.stderr
     assert json.loads(completed.stdout.strip().splitlines()[-1])["preset"] == "tiny"
     # Without site-packages (so not from a pip-installed copy) the engine still resolves to the module folder
-    import subprocess
-
     moduleDir = os.path.dirname(os.path.dirname(os.path.abspath(sys.modules[PowdrOutpaintLogic.__module__].__file__)))
     probe = subprocess.run([sys.executable, "-S", "-c", "import importlib.util as u; print(u.find_spec('powdr_outpaint').origin)"],
                            cwd=moduleDir, env=environment, capture_output=True, text=True)
@@ -408,8 +407,6 @@ sys.meta_path.insert(0, Block())
 
 def runBlocked(blocked: set[str], code: str, *arguments: str) -> "subprocess.CompletedProcess":
     """Run ``code`` in a fresh interpreter where the ``blocked`` top-level packages cannot be imported."""
-    import subprocess
-
     from conftest import engineEnvironment
 
     program = f"BLOCKED = {sorted(blocked)!r}\n" + BLOCK_IMPORTS + code

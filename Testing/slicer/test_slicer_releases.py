@@ -345,8 +345,6 @@ def recordPip(state, app, whilePipRuns=None):
 def test_install_hands_pip_a_list_and_refuses_a_nested_install(release, core, absentRequirement, monkeypatch):
     requirement, state, folder = absentRequirement
     with slicerRelease(release) as env, panel(env) as widget:
-        from PowdrOutpaintLib import dependencies
-
         volume, labelmap = syntheticVolumes(core.scene)
         widget._parameterNode.inputVolume, widget._parameterNode.lesionNode = volume, labelmap
         nestedClicks = []
