@@ -33,9 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 
-from powdr_outpaint.imaging.preprocess import Prepared, denormalise
+from powdr_outpaint.imaging.preprocess import Prepared, to_input_grid
 from powdr_outpaint.model.checkpoint import load_model
 from powdr_outpaint.outpainting.outpaint import (
     OutpaintOptions,
@@ -49,16 +48,6 @@ from powdr_outpaint.qa import metrics
 
 # This script's folder is on sys.path when it runs: the table is evaluate_holdout's.
 from evaluate_holdout import case_table  # noqa: E402
-
-
-def on_input_grid(model_image: np.ndarray, prepared: Prepared, order: int) -> np.ndarray:
-    """A model-grid image in [-1, 1] on the input grid, interpolated with splines of ``order``."""
-    values = denormalise(model_image, prepared.low, prepared.high, prepared.background)
-    to_model = np.linalg.inv(prepared.model_to_input)
-    out = ndimage.affine_transform(values, to_model[:3, :3], offset=to_model[:3, 3],
-                                   output_shape=prepared.image.data.shape, order=order, mode="constant",
-                                   cval=prepared.background)
-    return np.clip(out, values.min(), values.max())
 
 
 def main() -> None:
@@ -105,10 +94,10 @@ def main() -> None:
         row: dict[str, float] = {}
         for name, items in candidates.items():
             for order in (1, 3):
-                row[f"{name}_order{order}"] = float(np.mean([ratio(on_input_grid(m, p, order)) for m, p in items]))
+                row[f"{name}_order{order}"] = float(np.mean([ratio(to_input_grid(m, p, order)) for m, p in items]))
         # The refine stage's own spread: the same coarse image refined with different noise.
         scale = metrics.intensity_range(original, region)
-        oracle = [on_input_grid(m, p, 1) for m, p in candidates["oracle_refine"]]
+        oracle = [to_input_grid(m, p, 1) for m, p in candidates["oracle_refine"]]
         if len(oracle) > 1:
             row["oracle_refine_pairwise_pct"] = metrics.pairwise_mean_abs_difference(oracle, region, scale).mean
         row["seconds"] = round(time.perf_counter() - started, 1)
