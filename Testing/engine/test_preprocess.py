@@ -10,8 +10,11 @@ import pytest
 from powdr_outpaint.errors import PowdrError
 from powdr_outpaint.imaging.preprocess import (
     binarise,
+    clear_haze,
     denormalise,
+    has_clean_background,
     lesion_on_image_grid,
+    match_tissue_level,
     normalise,
     parse_labels,
     prepare,
@@ -79,6 +82,50 @@ def test_cubic_output_keeps_more_detail_and_an_exact_background(case):
     assert cubic.min() >= values.min() and cubic.max() <= values.max()
     np.testing.assert_array_equal(cubic[linear == prepared.background], prepared.background)
     assert np.corrcoef(cubic[brain], linear[brain])[0, 1] > 0.98
+
+
+def test_faint_haze_in_the_air_is_cleared_and_anatomy_is_not(case):
+    image, _, lesion = case
+    prepared = prepare(image, lesion, ModelConfig.from_preset("tiny"))
+    model_image = prepared.model_image.copy()
+    # A faint patch in a corner of the field of view, away from the brain (2 % of the range).
+    patch = np.zeros(model_image.shape, dtype=bool)
+    patch[:6, :6, :6] = True
+    assert np.all(model_image[patch] <= -1.0)
+    model_image[patch] = -1.0 + 2 * 0.02
+    cleared = clear_haze(model_image)
+    assert np.all(cleared[patch] == -1.0)
+    brain = prepared.model_image > -1.0 + 2 * 0.05
+    np.testing.assert_array_equal(cleared[brain], model_image[brain])
+    # BraTS air is exactly background; an image whose air is noise is left as drawn.
+    data = image.data
+    assert has_clean_background(data)
+    noise = np.random.default_rng(0).uniform(0, 5, data.shape)
+    assert not has_clean_background(np.where(data > data.min(), data, data.min() + noise))
+
+
+def test_new_tissue_drawn_too_dark_is_put_back_on_the_input_level(case):
+    from powdr_outpaint.qa import metrics
+
+    image, _, lesion = case
+    prepared = prepare(image, lesion, ModelConfig.from_preset("tiny"))
+    data = image.data.astype(np.float64)
+    background = prepared.background
+    # What a model that drew the healthy tissue 20 % too dark would give, with its own
+    # rendering of the lesion (bright here, so that it would mislead the level if counted).
+    drawn = np.where(lesion, prepared.high * 2.0, background + (data - background) * 0.8)
+    matched, factor = match_tissue_level(drawn, prepared)
+    assert factor == pytest.approx(1.25, rel=1e-3)
+    outside = metrics.regions_of(data, lesion)["outside"]
+    scale = metrics.intensity_range(data, data > background)
+    assert metrics.histogram_distance(drawn, data, outside, scale) > 0.05
+    assert metrics.histogram_distance(matched, data, outside, scale) < 0.002
+    # The background stays exactly background; the lesion's voxels are not touched here.
+    assert np.all(matched[data == background] == background)
+    np.testing.assert_array_equal(matched[lesion], drawn[lesion])
+    # A factor beyond what a plausible sample needs is clamped, not trusted.
+    _, clamped = match_tissue_level(background + (data - background) * 0.3, prepared)
+    assert clamped == pytest.approx(1.5)
 
 
 def test_lesion_is_kept_inside_the_field_of_view(case):

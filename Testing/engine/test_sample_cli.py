@@ -104,6 +104,29 @@ def test_same_seed_gives_identical_outputs_and_another_seed_does_not(sampled, br
     assert not np.array_equal(first, different)
 
 
+def test_new_tissue_is_scaled_to_the_input_level_by_one_factor_per_sample(sampled, brats_case, tiny_checkpoint,
+                                                                         tmp_path):
+    out, _ = sampled
+    stem = brats_case["image"].name[: -len(".nii.gz")]
+    factors = json.loads((out / f"{stem}_outpaint.json").read_text())["tissue_scale"]
+    assert len(factors) == 3 and all(2 / 3 <= f <= 1.5 for f in factors)
+    raw = run_sample(brats_case["image"], brats_case["mask"], tiny_checkpoint, tmp_path, "--batch-size", 2,
+                     "--tissue-level", "model")
+    assert raw.returncode == 0, raw.stderr
+    assert json.loads((tmp_path / f"{stem}_outpaint.json").read_text())["tissue_scale"] == []
+    original, _ = load(brats_case["image"])
+    lesion = np.asanyarray(nib.load(str(brats_case["mask"])).dataobj) > 0
+    background = original.min()
+    # Away from the lesion's seam, each sample is the raw one scaled about the background.
+    from scipy import ndimage
+    far = ~ndimage.binary_dilation(lesion, iterations=12)
+    for index, factor in enumerate(factors):
+        scaled, _ = load(out / f"{stem}_outpaint_s{index:02d}.nii.gz")
+        drawn, _ = load(tmp_path / f"{stem}_outpaint_s{index:02d}.nii.gz")
+        np.testing.assert_allclose(scaled[far] - background, factor * (drawn[far] - background),
+                                   rtol=1e-4, atol=1e-3 * (original.max() - background))
+
+
 def test_labels_option_and_model_preservation(brats_case, tiny_checkpoint, tmp_path):
     result = run_sample(
         brats_case["image"], brats_case["mask"], tiny_checkpoint, tmp_path,

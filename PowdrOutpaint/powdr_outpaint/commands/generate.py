@@ -10,7 +10,7 @@ from ..errors import PowdrError
 from ..model.checkpoint import read_checkpoint
 from ..model.samplers import SAMPLERS
 from ..outpainting.generate import DEFAULT_MASK_GLOBS, discover_cases, distributed_env, run_generate
-from ..outpainting.outpaint import DEFAULT_SAMPLER, DEFAULT_STEPS, PRESERVE_MODES, OutpaintOptions
+from ..outpainting.outpaint import DEFAULT_SAMPLER, DEFAULT_STEPS, PRESERVE_MODES, TISSUE_LEVELS, OutpaintOptions
 from .cli import command_help
 
 
@@ -51,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--labels", default=None, help="lesion labels kept, e.g. 1,2,4 (default: all > 0)")
     parser.add_argument("--preserve", choices=PRESERVE_MODES, default="exact")
+    parser.add_argument("--tissue-level", choices=TISSUE_LEVELS, default="input",
+                        help="input: each sample's new tissue scaled by one factor to the input's tissue level "
+                        "(its 90th percentile outside the lesion; default); model: as the model drew it")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     parser.add_argument("--progress", choices=("text", "json", "none"), default="text",
                         help="text: one bar for the whole run; json: one JSON object per line")
@@ -86,6 +89,7 @@ def _run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         labels=args.labels,
         preserve=args.preserve,
+        tissue_level=args.tissue_level,
         precision=args.precision,
     )
     summary = run_generate(cases, args.checkpoint, args.out, options, args.progress, rank, world)

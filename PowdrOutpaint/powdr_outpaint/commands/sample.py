@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 
 from ..model.samplers import SAMPLERS
-from ..outpainting.outpaint import DEFAULT_SAMPLER, DEFAULT_STEPS, PRESERVE_MODES, OutpaintOptions, run_outpaint
+from ..outpainting.outpaint import (
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    PRESERVE_MODES,
+    TISSUE_LEVELS,
+    OutpaintOptions,
+    run_outpaint,
+)
 from ..progress import Progress
 from .cli import command_help, named_files
 
@@ -40,6 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--labels", default=None, help="lesion labels, e.g. 1,2,4 (default: all > 0)")
     parser.add_argument("--preserve", choices=PRESERVE_MODES, default="exact",
                         help="exact: lesion voxels copied from the input (default); model: raw network output")
+    parser.add_argument("--tissue-level", choices=TISSUE_LEVELS, default="input",
+                        help="input: each sample's new tissue scaled by one factor to the input's tissue level "
+                        "(its 90th percentile outside the lesion; default); model: as the model drew it")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="auto: bf16 on CUDA and on CPUs where it is faster (AMX, AMD with AVX512-BF16), else fp32")
     parser.add_argument("--progress", choices=("text", "json", "none"), default="text",
@@ -61,6 +71,7 @@ def _run(args: argparse.Namespace) -> int:
         precision=args.precision,
         refine_steps=args.refine_steps,
         refine_sampler=args.refine_sampler,
+        tissue_level=args.tissue_level,
     )
     progress = Progress(args.progress, min_interval_s=0.2)
     run_outpaint(named_files(args.image, "--image"), args.mask, args.checkpoint, args.out, options, progress)

@@ -20,6 +20,14 @@ from .volume_io import Volume
 
 # Model intensities below this fraction of the normalised range are the image background.
 BACKGROUND_FRACTION = 0.01
+# A connected patch of non-background model voxels none of which reaches this fraction is haze,
+# not anatomy: the first stage sometimes leaves faint patches in the air (on held-out BraTS T1,
+# one sample's patch spanned the whole field of view at a mean of 0.014), which would show as
+# grey specks around a skull-stripped brain.
+HAZE_PEAK_FRACTION = 0.05
+# Inputs with at least this share of voxels exactly at their minimum have a clean background
+# (skull-stripped, masked); only then is haze cleared, so that noisy air is left as drawn.
+CLEAN_BACKGROUND_SHARE = 0.05
 
 
 def parse_labels(text: str | None) -> tuple[int, ...] | None:
@@ -187,6 +195,22 @@ def denormalise(model: np.ndarray, low: float, high: float, background: float) -
     return np.where(fraction < BACKGROUND_FRACTION, background, values)
 
 
+def clear_haze(model_image: np.ndarray) -> np.ndarray:
+    """A model-grid image in [-1, 1] with its haze (see :data:`HAZE_PEAK_FRACTION`) set to -1."""
+    fraction = (np.asarray(model_image, dtype=np.float64) + 1.0) / 2.0
+    labels, count = ndimage.label(fraction >= BACKGROUND_FRACTION)
+    if count == 0:
+        return model_image
+    peaks = ndimage.maximum(fraction, labels, index=np.arange(1, count + 1))
+    haze = np.concatenate([[False], np.asarray(peaks) < HAZE_PEAK_FRACTION])[labels]
+    return np.where(haze, -1.0, model_image).astype(model_image.dtype, copy=False)
+
+
+def has_clean_background(data: np.ndarray) -> bool:
+    """True if the image's air is exactly its minimum (skull-stripped or masked images)."""
+    return bool(np.mean(data == data.min()) >= CLEAN_BACKGROUND_SHARE)
+
+
 def prepare(
     image: Volume, lesion: np.ndarray, config: ModelConfig, model_affine: np.ndarray | None = None
 ) -> Prepared:
@@ -252,6 +276,43 @@ def to_input_grid(model_image: np.ndarray, prepared: Prepared, order: int = OUTP
         return out
     anatomy = resample((values != prepared.background).astype(np.float32), input_to_model, shape, order=1, cval=0.0)
     return np.where(anatomy > 0, np.clip(out, values.min(), values.max()), prepared.background)
+
+
+#: The new tissue's level is matched to the input's at this percentile of the brain outside the
+#: lesion: the bright end of healthy tissue (white matter on T1), unaffected by how much dark
+#: CSF or background a sample's different anatomy puts inside the input's outline.
+TISSUE_LEVEL_PERCENTILE = 90.0
+#: A larger correction than this means the sample or the input is not a brain the model knows;
+#: the factor is clamped rather than trusted.
+TISSUE_SCALE_LIMITS = (2.0 / 3.0, 1.5)
+
+
+def match_tissue_level(synthetic: np.ndarray, prepared: Prepared) -> tuple[np.ndarray, float]:
+    """Scale a sample's new tissue so that its tissue level is the input's; returns (volume, factor).
+
+    The model works in intensities normalised by the input's 1st-99th percentiles over the
+    whole brain, lesion included, and never sees the healthy tissue it replaces, so it cannot
+    know where that tissue lies in the normalised range: on the 12 shared BraTS T1 cases the
+    median of the brain outside the lesion lies anywhere from 0.54 to 0.78 of it, and the model
+    draws a typical level. One factor, applied about the background intensity (MR signal
+    scales multiplicatively), puts the sample's :data:`TISSUE_LEVEL_PERCENTILE` of its own brain
+    outside the lesion on the input's. Contrast between tissues, anatomy and the lesion stay as
+    drawn. ``synthetic``: (X, Y, Z) on the input grid, as :func:`to_input_grid` returns it.
+    """
+    background = prepared.background
+    data = prepared.image.data
+    outside = ~prepared.lesion
+    reference = data[(data > background) & outside]
+    own = synthetic[(synthetic > background) & outside]
+    if reference.size == 0 or own.size == 0:
+        return synthetic, 1.0
+    target = float(np.percentile(reference, TISSUE_LEVEL_PERCENTILE)) - background
+    drawn = float(np.percentile(own, TISSUE_LEVEL_PERCENTILE)) - background
+    if not (target > 0 and drawn > 0):
+        return synthetic, 1.0
+    factor = float(np.clip(target / drawn, *TISSUE_SCALE_LIMITS))
+    scaled = np.where(outside, background + (synthetic - background) * factor, synthetic)
+    return scaled, factor
 
 
 def blend_weights(lesion: np.ndarray, spacing: np.ndarray, width_mm: float) -> np.ndarray:

@@ -22,8 +22,11 @@ from ..errors import PowdrError
 from ..imaging.preprocess import (
     Prepared,
     blend_weights,
+    clear_haze,
     dilate_lesion,
+    has_clean_background,
     lesion_on_image_grid,
+    match_tissue_level,
     parse_labels,
     prepare,
     preserve_lesion,
@@ -40,6 +43,9 @@ from .cascade import coarse_on_fine, denoise_in_blocks, keep_first_stage_backgro
 from .stats import RunningStats
 
 PRESERVE_MODES = ("exact", "model")
+#: input: the new tissue's level scaled to the input's (imaging.preprocess.match_tissue_level);
+#: model: as the model drew it.
+TISSUE_LEVELS = ("input", "model")
 #: The defaults of sample, generate, demo and the Slicer panel: 20 DPM-Solver++(2M) steps gave the
 #: figures of 50 (within 1 %) and of 1000-step DDPM within the spread of 100 DDPM steps, in 2/3 of
 #: their time (README, "Choosing the sampler and K"; Testing/Benchmarks/compare_samplers.py).
@@ -61,6 +67,7 @@ class OutpaintOptions:
     precision: str = "auto"
     refine_steps: int = 5  # steps of a cascade's refine stage (5 gave the figures of 10 in 2/3 of the time)
     refine_sampler: str = "dpm++2m"
+    tissue_level: str = "input"
 
     def validate(self) -> None:
         if self.samples < 1:
@@ -79,6 +86,8 @@ class OutpaintOptions:
             raise PowdrError("--refine-steps must be at least 1")
         if self.refine_sampler not in SAMPLERS:
             raise PowdrError(f"--refine-sampler must be one of {', '.join(SAMPLERS)}")
+        if self.tissue_level not in TISSUE_LEVELS:
+            raise PowdrError(f"--tissue-level must be one of {', '.join(TISSUE_LEVELS)}")
 
 
 def output_names(stem: str, samples: int) -> dict[str, object]:
@@ -413,14 +422,20 @@ def run_outpaint(
     stats = [RunningStats(t.image.data.shape) for t in targets]
     step_times: list[float] = []
     written: list[list[str]] = [[] for _ in targets]
+    tissue_scales: list[list[float]] = [[] for _ in targets]
 
     progress.stage("sampling", f"Sampling {options.samples} volumes with {options.steps} {options.sampler} steps")
     sampling_started = time.perf_counter()
     writing_s = 0.0
+    clean_air = [has_clean_background(t.image.data) for t in targets]
     for index, model_images in iter_samples(case, options, device, progress, step_times):
         write_started = time.perf_counter()
         for k, target in enumerate(targets):
-            synthetic = to_input_grid(model_images[k], target)
+            drawn = clear_haze(model_images[k]) if clean_air[k] else model_images[k]
+            synthetic = to_input_grid(drawn, target)
+            if options.tissue_level == "input":
+                synthetic, factor = match_tissue_level(synthetic, target)
+                tissue_scales[k].append(round(factor, 4))
             if options.preserve == "exact":
                 synthetic = preserve_lesion(synthetic, target, weights[k])
             volume = synthetic.astype(dtypes[k])
@@ -474,6 +489,8 @@ def run_outpaint(
         "grid_exact": first.exact,
         "intensity_percentiles": [first.low, first.high],
         "lesion_voxels": int(first.lesion.sum()),
+        # Per sample, the factor that put its new tissue on the input's level (1 = as drawn).
+        "tissue_scale": tissue_scales[0],
         "outputs": outputs,
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "versions": _versions(),
@@ -486,8 +503,9 @@ def run_outpaint(
                 "grid_exact": target.exact,
                 "intensity_percentiles": [target.low, target.high],
                 "lesion_voxels": int(target.lesion.sum()),
+                "tissue_scale": scales,
             }
-            for name, path, target in zip(sequences, case.paths, targets)
+            for name, path, target, scales in zip(sequences, case.paths, targets, tissue_scales)
         }
         metadata["notes"] = case.notes
     for k, name in enumerate(sequences):
