@@ -544,6 +544,10 @@ class Trainer:
                         self.preview(step)
                 if interrupted:
                     break
+        if not interrupted:
+            # Every process leaves together: a rank that tears its process group down while the
+            # main one still writes the last checkpoint can abort in gloo's teardown.
+            self.context.barrier()
         seconds = time.perf_counter() - self.run_started
         self.reporter.close()
         if self.log is not None:
