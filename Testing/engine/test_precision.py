@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from powdr_outpaint.model.runtime import auto_precision, cpu_prefers_bf16
+from powdr_outpaint.model.runtime import auto_precision, cpu_has_native_bf16, cpu_prefers_bf16
 from powdr_outpaint.outpainting.outpaint import OutpaintOptions, run_outpaint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,19 +45,10 @@ def test_auto_precision_follows_the_hardware():
     assert auto_precision(torch.device("cuda")) == "bf16"
 
 
-def _cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX in /proc/cpuinfo; without either, bf16 autocast is emulated."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def test_bf16_and_fp32_give_the_same_sample_and_an_exact_lesion(brats_case, tmp_path):
     if not BUNDLED.is_file():
         pytest.skip("the bundled model is absent")
-    if not _cpu_has_native_bf16():
+    if not cpu_has_native_bf16():
         # Measured 2026-12-01 on a 2-core AVX2-only AMD EPYC: the bf16 half of this test ran
         # over 10 minutes (emulated bf16) against about 1 minute for fp32.
         pytest.skip("this CPU has no native bf16 (no avx512_bf16 or amx_bf16): bf16 sampling is emulated and too slow to test")

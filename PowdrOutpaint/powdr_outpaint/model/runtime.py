@@ -49,6 +49,31 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise PowdrError(f"unknown device {name!r}; use auto, cpu or cuda")
 
 
+def _cpu_vendor_and_flags(cpuinfo: str | None = None) -> tuple[str, set[str]]:
+    """The first CPU's vendor and flags from /proc/cpuinfo (or ``cpuinfo``); empty where unreadable."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+                cpuinfo = handle.read()
+        except OSError:
+            return "", set()
+    vendor, flags = "", set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key == "vendor_id" and not vendor:
+            vendor = value.strip()
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    return vendor, flags
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU computes bf16 itself (AVX512-BF16 or AMX); elsewhere bf16 autocast is emulated."""
+    _, flags = _cpu_vendor_and_flags(cpuinfo)
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def cpu_prefers_bf16(cpuinfo: str | None = None) -> bool:
     """Whether bf16 autocast runs this project's networks faster than fp32 on this CPU.
 
@@ -61,20 +86,7 @@ def cpu_prefers_bf16(cpuinfo: str | None = None) -> bool:
     - AMX (amx_bf16) is the matrix unit oneDNN uses for bf16 on Intel and is taken as faster.
     Everywhere else (no flags, macOS, Windows) it answers False and "auto" stays fp32.
     """
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
-                cpuinfo = handle.read()
-        except OSError:
-            return False
-    vendor, flags = "", set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip().lower()
-        if key == "vendor_id" and not vendor:
-            vendor = value.strip()
-        elif key == "flags" and not flags:
-            flags = set(value.split())
+    vendor, flags = _cpu_vendor_and_flags(cpuinfo)
     if "amx_bf16" in flags:
         return True
     return "avx512_bf16" in flags and vendor == "AuthenticAMD"
