@@ -19,7 +19,7 @@ import pytest
 import torch
 from test_train import brats_or_skip, command, environment, tiny_options
 
-from powdr_outpaint.errors import CheckpointError
+from powdr_outpaint.errors import CheckpointError, PowdrError
 from powdr_outpaint.imaging.masks import foreground_depth
 from powdr_outpaint.imaging.preprocess import Prepared
 from powdr_outpaint.model.checkpoint import initial_checkpoint, load_model, save_cascade
@@ -169,6 +169,34 @@ def test_refine_stage_trains_on_real_blocks(tmp_path):
     losses = np.array([row["loss"] for row in read_log(tmp_path / "run" / "train_log.csv")])
     assert result.final_step == 40 and np.all(np.isfinite(losses))
     assert losses[-10:].mean() < 0.8 * losses[:10].mean()
+
+
+def test_fine_tuning_from_a_cascade_starts_from_the_stage_it_trains(cascade_checkpoint, tmp_path):
+    """--init-from with a cascade (the bundled model is one) takes the refine stage for a refine
+    run, and a file without a refine stage is refused before anything is written."""
+    folders = brats_or_skip()
+    data = tmp_path / "data"
+    data.mkdir()
+    for folder in folders[:2]:
+        (data / folder.name).symlink_to(folder, target_is_directory=True)
+    options = replace(
+        tiny_options(tmp_path / "run", data, tmp_path / "cache"), preset="tiny-refine", iterations=1, save_every=1,
+        init_from=str(cascade_checkpoint),
+    )
+    train(options)
+    tuned = torch.load(tmp_path / "run" / "latest.pt", weights_only=True)["weights"]
+    refine = load_model(cascade_checkpoint).refiner.network.state_dict()
+    fresh = initial_checkpoint(tmp_path / "fresh.pt", "tiny-refine", seed=5)
+    fresh_weights = torch.load(fresh, weights_only=True)["weights"]
+    # One step of EMA (decay near 1) keeps the starting weights almost exactly.
+    name = next(k for k in refine if k.endswith("weight") and refine[k].dim() == 5)
+    assert torch.allclose(tuned[name], refine[name], atol=1e-3)
+    assert not torch.allclose(tuned[name], fresh_weights[name], atol=1e-3)
+
+    first_only = initial_checkpoint(tmp_path / "first.pt", "tiny")
+    with pytest.raises(PowdrError, match="--init-from: first.pt holds no refine stage"):
+        train(replace(options, out=str(tmp_path / "other"), init_from=str(first_only)))
+    assert not (tmp_path / "other" / "latest.pt").exists()
 
 
 # ------------------------------------------------------------------ warps

@@ -46,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="warp each training item with probability P: mirror, a few degrees and per cent, "
                             "a few mm of shift and elastic displacement (default: the preset's)")
     model.add_argument("--init-from", default=None, metavar="CKPT",
-                       help="start a new run from the weights of a checkpoint of the same preset (fine-tuning)")
+                       help="start a new run from the weights of a checkpoint of the same preset (fine-tuning); "
+                            "from a cascade, the stage this run trains")
     model.add_argument("--dilate", type=int, default=None,
                        help="dilate masks by a ball of this radius in model voxels (default: the preset's)")
 

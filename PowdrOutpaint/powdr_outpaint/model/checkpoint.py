@@ -292,6 +292,23 @@ def refiner_of(payload: dict[str, Any], first: ModelConfig, name: str) -> ModelC
     return _refiner_config(payload["refiner"], first, name) if "refiner" in payload else None
 
 
+def stage_weights(path: str | os.PathLike, stage: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The configuration and weights of one stage ("outpaint" or "refine") of a checkpoint.
+
+    A cascade holds both stages; a single-stage file holds one. Raises CheckpointError with one
+    sentence when the file holds no such stage.
+    """
+    config, payload = read_checkpoint(path)
+    if stage == "refine" and config.stage != "refine":
+        refiner = refiner_of(payload, config, Path(path).name)
+        if refiner is None:
+            raise CheckpointError(f"{Path(path).name} holds no refine stage")
+        return refiner, payload["refiner"]["weights"]
+    if config.stage != stage:
+        raise CheckpointError(f"{Path(path).name} holds only a {config.stage} stage, not a {stage} stage")
+    return config, payload["weights"]
+
+
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> LoadedModel:
     """Load a checkpoint for inference: validated config, network in eval mode on ``device``."""
     path = Path(path)

@@ -27,9 +27,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..commands.bench import format_gib, peak_rss_gib
-from ..errors import PowdrError
+from ..errors import CheckpointError, PowdrError
 from ..imaging.preprocess import parse_labels
-from ..model.checkpoint import ModelConfig, TrainingInfo, read_checkpoint, save_checkpoint
+from ..model.checkpoint import ModelConfig, TrainingInfo, read_checkpoint, save_checkpoint, stage_weights
 from ..model.diffusion import Schedule, x0_loss
 from ..model.network import OutpaintUNet
 from ..model.presets import get_preset
@@ -388,15 +388,21 @@ class Trainer:
         self.lll = self.config.normalisation.lll_scale
 
     def _initial_weights(self, path: str) -> dict[str, torch.Tensor]:
-        """The (EMA) weights of another checkpoint of the same network, to fine-tune from."""
-        config, payload = read_checkpoint(path)
-        if config.network != self.config.network or config.stage != self.config.stage:
+        """The (EMA) weights of another checkpoint of the same network, to fine-tune from.
+
+        From a cascade, the stage this run trains (its first stage, or its refine stage).
+        """
+        try:
+            config, weights = stage_weights(path, self.config.stage)
+        except CheckpointError as error:
+            raise PowdrError(f"--init-from: {error}") from None
+        if config.network != self.config.network:
             raise PowdrError(
                 f"--init-from {Path(path).name} holds a {config.preset} network, which differs from the "
                 f"{self.config.preset} network of this run; choose a checkpoint of the same preset"
             )
         self.say(f"Starting from the weights of {path} ({config.training.iterations} iterations)")
-        return payload["weights"]
+        return weights
 
     # ----------------------------------------------------------- checkpoints
 
