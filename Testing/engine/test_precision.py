@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from powdr_outpaint.model.runtime import auto_precision, cpu_has_native_bf16, cpu_prefers_bf16
+from powdr_outpaint.model.runtime import (
+    auto_precision,
+    cpu_has_native_bf16,
+    cpu_prefers_bf16,
+    emulated_bf16_warning,
+)
 from powdr_outpaint.outpainting.outpaint import OutpaintOptions, run_outpaint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,6 +43,25 @@ BF16_P99_BOUND_PCT = 3.0
 def test_bf16_is_chosen_where_it_was_measured_faster(vendor, flags, expected):
     cpuinfo = f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: {flags}\n\nprocessor\t: 1\n"
     assert cpu_prefers_bf16(cpuinfo) is expected
+
+
+@pytest.mark.parametrize(
+    "flags,precision,device,warned",
+    [
+        ("fpu avx2 avx512f", "bf16", "cpu", True),  # emulated: the user is told
+        ("fpu avx2 avx512f avx512_bf16", "bf16", "cpu", False),
+        ("fpu avx2 amx_bf16", "bf16", "cpu", False),
+        ("fpu avx2", "fp32", "cpu", False),
+        ("fpu avx2", "auto", "cpu", False),  # auto never picks emulated bf16
+        ("fpu avx2", "bf16", "cuda", False),
+    ],
+)
+def test_forced_bf16_on_a_cpu_that_emulates_it_is_named(flags, precision, device, warned):
+    cpuinfo = f"processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: {flags}\n"
+    warning = emulated_bf16_warning(precision, torch.device(device), cpuinfo)
+    assert (warning is not None) is warned
+    if warned:
+        assert "emulated" in warning and "--precision auto" in warning
 
 
 def test_auto_precision_follows_the_hardware():

@@ -9,6 +9,7 @@ from ..outpainting.outpaint import (
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
     PRESERVE_MODES,
+    REFINE_TILINGS,
     TISSUE_LEVELS,
     OutpaintOptions,
     run_outpaint,
@@ -41,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="sampler of a cascade's refine stage (default dpm++2m)")
     parser.add_argument("--refine-steps", type=int, default=5,
                         help="steps of a cascade's refine stage (default 5; ignored for single models)")
+    parser.add_argument("--refine-tiling", choices=REFINE_TILINGS, default="whole",
+                        help="whole: a cascade's refine stage on its whole grid in one pass (default); "
+                             "blocks: on overlapping blocks of its training patch (less memory)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--batch-size", type=int, default=1, help="volumes denoised together (default 1)")
@@ -71,6 +75,7 @@ def _run(args: argparse.Namespace) -> int:
         precision=args.precision,
         refine_steps=args.refine_steps,
         refine_sampler=args.refine_sampler,
+        refine_tiling=args.refine_tiling,
         tissue_level=args.tissue_level,
     )
     progress = Progress(args.progress, min_interval_s=0.2)

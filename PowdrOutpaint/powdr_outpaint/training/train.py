@@ -33,7 +33,7 @@ from ..model.checkpoint import ModelConfig, TrainingInfo, read_checkpoint, save_
 from ..model.diffusion import Schedule, x0_loss
 from ..model.network import OutpaintUNet
 from ..model.presets import get_preset
-from ..model.runtime import FastForward, auto_precision
+from ..model.runtime import FastForward, auto_precision, emulated_bf16_warning
 from ..model.samplers import Sampler
 from ..model.transforms import coarse_of, condition_image, degrade_coarse, image_to_wavelet, make_condition
 from ..outpainting.outpaint import denoise, sample_generator
@@ -384,6 +384,9 @@ class Trainer:
             self.model = torch.compile(self.model)
         precision = self.options.precision
         self.use_bf16 = precision == "bf16" or (precision == "auto" and auto_precision(self.device) == "bf16")
+        warning = emulated_bf16_warning(precision, self.device)
+        if warning:
+            self.say(warning)
         self.schedule = Schedule.from_config(self.config.diffusion)
         self.lll = self.config.normalisation.lll_scale
 
