@@ -127,14 +127,17 @@ def test_cascade_checkpoint_loads_both_stages_and_refuses_wrong_joins(cascade_ch
     assert not (tmp_path / "x.pt").exists()
 
 
-def test_cascade_samples_on_the_input_grid_with_the_lesion_exact(cascade_checkpoint, brats_case, tmp_path):
+@pytest.mark.parametrize("tiling", ["whole", "blocks"])
+def test_cascade_samples_on_the_input_grid_with_the_lesion_exact(cascade_checkpoint, brats_case, tmp_path, tiling):
     result = subprocess.run(
         command("sample", "--image", brats_case["image"], "--mask", brats_case["mask"], "--checkpoint",
-                cascade_checkpoint, "--samples", 2, "--steps", 3, "--refine-steps", 2, "--device", "cpu",
-                "--progress", "json", "--out", tmp_path),
+                cascade_checkpoint, "--samples", 2, "--steps", 3, "--refine-steps", 2, "--refine-tiling", tiling,
+                "--device", "cpu", "--progress", "json", "--out", tmp_path),
         capture_output=True, text=True, timeout=600, env=environment(),
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    recorded = json.loads(next(tmp_path.glob("*_outpaint.json")).read_text())
+    assert recorded["options"]["refine_tiling"] == tiling
     original = nib.load(str(brats_case["image"]))
     lesion = np.asarray(nib.load(str(brats_case["mask"])).dataobj) > 0
     data = np.asarray(original.dataobj)
