@@ -116,7 +116,7 @@ def test_cascade_checkpoint_loads_both_stages_and_refuses_wrong_joins(cascade_ch
     initial_checkpoint(refine, "tiny-refine")
     with pytest.raises(CheckpointError, match="not a refine-stage model"):
         save_cascade(first, first, tmp_path / "x.pt")
-    with pytest.raises(CheckpointError, match="not a single first-stage model"):
+    with pytest.raises(CheckpointError, match="not a first-stage model"):
         save_cascade(refine, refine, tmp_path / "x.pt")
     with pytest.raises(CheckpointError, match="only the refine stage"):
         load_model(refine)
@@ -125,6 +125,26 @@ def test_cascade_checkpoint_loads_both_stages_and_refuses_wrong_joins(cascade_ch
     with pytest.raises(CheckpointError, match="t1 and the refine stage on flair"):
         save_cascade(first, other, tmp_path / "x.pt")
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_one_stage_of_a_cascade_can_be_replaced(cascade_checkpoint, tmp_path):
+    """A new first stage joined to a cascade's refine stage, and a cascade's first stage to a new
+    refine stage: each stage comes from where it was asked for."""
+    joined = load_model(cascade_checkpoint)
+    new_first = initial_checkpoint(tmp_path / "first.pt", "tiny", seed=7)
+    new_refine = initial_checkpoint(tmp_path / "refine.pt", "tiny-refine", seed=8)
+
+    def same(a: dict, b: dict) -> bool:
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    swapped_first = load_model(save_cascade(new_first, cascade_checkpoint, tmp_path / "a.pt"))
+    assert same(swapped_first.network.state_dict(), load_model(new_first).network.state_dict())
+    assert same(swapped_first.refiner.network.state_dict(), joined.refiner.network.state_dict())
+    assert not same(swapped_first.network.state_dict(), joined.network.state_dict())
+
+    swapped_refine = load_model(save_cascade(cascade_checkpoint, new_refine, tmp_path / "b.pt"))
+    assert same(swapped_refine.network.state_dict(), joined.network.state_dict())
+    assert not same(swapped_refine.refiner.network.state_dict(), joined.refiner.network.state_dict())
 
 
 @pytest.mark.parametrize("tiling", ["whole", "blocks"])

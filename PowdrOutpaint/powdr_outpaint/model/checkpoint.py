@@ -346,20 +346,30 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
 
 
 def save_cascade(first_path: str | os.PathLike, refine_path: str | os.PathLike, path: str | os.PathLike) -> Path:
-    """Join a first stage and a refine stage into one sampling checkpoint (no training state)."""
+    """Join a first stage and a refine stage into one sampling checkpoint (no training state).
+
+    Either file may itself be a cascade: its first, or its refine, stage is taken, so one stage
+    of a cascade can be replaced by a newly trained one.
+    """
     first, first_payload = read_checkpoint(first_path)
+    if first.stage != "outpaint":
+        raise CheckpointError(f"{Path(first_path).name} is not a first-stage model (nor a cascade)")
     refine, refine_payload = read_checkpoint(refine_path)
-    if first.stage != "outpaint" or "refiner" in first_payload:
-        raise CheckpointError(f"{Path(first_path).name} is not a single first-stage model")
+    refine_weights = refine_payload["weights"]
     if refine.stage != "refine":
-        raise CheckpointError(f"{Path(refine_path).name} is not a refine-stage model (train one with --preset refine)")
+        joined = refiner_of(refine_payload, refine, Path(refine_path).name)
+        if joined is None:
+            raise CheckpointError(
+                f"{Path(refine_path).name} is not a refine-stage model (train one with --preset refine)"
+            )
+        refine, refine_weights = joined, refine_payload["refiner"]["weights"]
     if refine.modality != first.modality:
         raise CheckpointError(
             f"the first stage was trained on {first.modality} and the refine stage on {refine.modality}"
         )
     refiner = {
         "config": refine.to_json(),
-        "weights": {k: v.detach().to("cpu").clone() for k, v in refine_payload["weights"].items()},
+        "weights": {k: v.detach().to("cpu").clone() for k, v in refine_weights.items()},
     }
     return save_checkpoint(path, first, first_payload["weights"], {"refiner": refiner})
 
