@@ -46,8 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "stage (--preset refine): 'sample' then makes the anatomy with the first and its detail with the "
         "second. Training state is dropped from both.",
     )
-    cascade.add_argument("--first", required=True, help="the first stage (e.g. a demo-preset latest.pt)")
-    cascade.add_argument("--refine", required=True, help="the refine stage (a refine-preset latest.pt)")
+    cascade.add_argument("--first", required=True, help="the first stage (e.g. a demo-preset latest.pt, or a cascade)")
+    cascade.add_argument("--refine", required=True, help="the refine stage (a refine-preset latest.pt, or a cascade)")
     cascade.add_argument("--out", required=True, help="the joined checkpoint to write (.pt)")
     cascade.set_defaults(func=_cascade)
 
