@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import qa_data  # noqa: E402
 
 from powdr_outpaint.errors import PowdrError
+from powdr_outpaint.model.checkpoint import initial_checkpoint, save_cascade
 from powdr_outpaint.imaging.volume_io import Volume, load_volume
 from powdr_outpaint.outpainting.generate import (
     Case,
@@ -161,6 +162,27 @@ def test_killed_run_resumes_without_redoing_finished_cases(three_cases, tiny_che
         assert {f"{stem}_outpaint_s00.nii.gz", f"{stem}_outpaint_s01.nii.gz", f"{stem}_outpaint.json",
                 f"{stem}_outpaint_label.nii.gz"} <= names
         assert not [n for n in names if n.startswith(".")], names  # no temporary files left
+
+
+def test_generate_passes_the_refine_options_of_a_cascade(three_cases, tmp_path):
+    """generate samples a cascade with the refine options sample has, and records them per case."""
+    root, _ = three_cases
+    folder = tmp_path / "one"
+    folder.mkdir()
+    first_case = sorted(p for p in root.iterdir() if p.is_dir())[0]
+    (folder / first_case.name).symlink_to(first_case, target_is_directory=True)
+    first = initial_checkpoint(tmp_path / "first.pt", "tiny")
+    cascade = save_cascade(first, initial_checkpoint(tmp_path / "refine.pt", "tiny-refine"), tmp_path / "c.pt")
+    out = tmp_path / "out"
+    result = subprocess.run(
+        qa_data.cli_command("generate", "--cases", folder, "--checkpoint", cascade, "--per-case", 1, "--steps", 2,
+                            "--refine-steps", 1, "--refine-tiling", "blocks", "--device", "cpu",
+                            "--progress", "none", "--out", out),
+        env=qa_data.subprocess_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    recorded = json.loads(next((out / first_case.name).glob("*_outpaint.json")).read_text())["options"]
+    assert (recorded["refine_steps"], recorded["refine_tiling"]) == (1, "blocks")
 
 
 def test_bad_checkpoint_fails_before_any_case(three_cases, tmp_path):

@@ -12,6 +12,7 @@ from ..model.samplers import SAMPLERS
 from ..outpainting.generate import DEFAULT_MASK_GLOBS, discover_cases, distributed_env, run_generate
 from ..outpainting.outpaint import DEFAULT_SAMPLER, DEFAULT_STEPS, PRESERVE_MODES, TISSUE_LEVELS, OutpaintOptions
 from .cli import command_help
+from .sample import add_refine_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"denoising steps K (default {DEFAULT_STEPS})")
     parser.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER, help=f"default {DEFAULT_SAMPLER}")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (default 0)")
+    add_refine_options(parser)
     parser.add_argument("--seed", type=int, default=0, help="combined with each case's name (default 0)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (under torchrun: the local rank's GPU)")
     parser.add_argument("--batch-size", type=int, default=1)
@@ -91,6 +93,9 @@ def _run(args: argparse.Namespace) -> int:
         preserve=args.preserve,
         tissue_level=args.tissue_level,
         precision=args.precision,
+        refine_steps=args.refine_steps,
+        refine_sampler=args.refine_sampler,
+        refine_tiling=args.refine_tiling,
     )
     summary = run_generate(cases, args.checkpoint, args.out, options, args.progress, rank, world)
     prefix = f"[rank {rank}/{world}] " if world > 1 else ""

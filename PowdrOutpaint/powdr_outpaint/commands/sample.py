@@ -38,13 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER,
                         help=f"default {DEFAULT_SAMPLER} (DPM-Solver++(2M)); ddpm is ancestral, ddim deterministic")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (default 0)")
-    parser.add_argument("--refine-sampler", choices=SAMPLERS, default="dpm++2m",
-                        help="sampler of a cascade's refine stage (default dpm++2m)")
-    parser.add_argument("--refine-steps", type=int, default=5,
-                        help="steps of a cascade's refine stage (default 5; ignored for single models)")
-    parser.add_argument("--refine-tiling", choices=REFINE_TILINGS, default="whole",
-                        help="whole: a cascade's refine stage on its whole grid in one pass (default); "
-                             "blocks: on overlapping blocks of its training patch (less memory)")
+    add_refine_options(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--batch-size", type=int, default=1, help="volumes denoised together (default 1)")
@@ -59,6 +53,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--progress", choices=("text", "json", "none"), default="text",
                         help="text: a progress bar; json: one JSON object per line on stdout")
     parser.set_defaults(func=_run)
+
+
+def add_refine_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a cascade's refine stage (sample and generate)."""
+    parser.add_argument("--refine-sampler", choices=SAMPLERS, default="dpm++2m",
+                        help="sampler of a cascade's refine stage (default dpm++2m)")
+    parser.add_argument("--refine-steps", type=int, default=5,
+                        help="steps of a cascade's refine stage (default 5; ignored for single models)")
+    parser.add_argument("--refine-tiling", choices=REFINE_TILINGS, default="whole",
+                        help="whole: a cascade's refine stage on its whole grid in one pass (default); "
+                             "blocks: on overlapping blocks of its training patch (less memory)")
 
 
 def _run(args: argparse.Namespace) -> int:
