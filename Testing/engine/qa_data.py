@@ -37,6 +37,14 @@ def case_files(case_dir: Path, sequences: tuple[str, ...] = ("t1",)) -> dict:
     }
 
 
+def linked_cases(folders: list[Path], root: Path) -> Path:
+    """A data folder ``root`` holding links to the given case folders (nothing copied)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for folder in folders:
+        (root / folder.name).symlink_to(folder, target_is_directory=True)
+    return root
+
+
 def reduced_cases(
     brats_dir: Path, dest: Path, count: int, sequences: tuple[str, ...] = ("t1",)
 ) -> list[dict]:

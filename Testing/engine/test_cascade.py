@@ -16,6 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import qa_data
 import torch
 from test_train import brats_or_skip, command, environment, tiny_options
 
@@ -180,11 +181,7 @@ def test_cascade_samples_on_the_input_grid_with_the_lesion_exact(cascade_checkpo
 
 
 def test_refine_stage_trains_on_real_blocks(tmp_path):
-    folders = brats_or_skip()
-    data = tmp_path / "data"
-    data.mkdir()
-    for folder in folders[:3]:
-        (data / folder.name).symlink_to(folder, target_is_directory=True)
+    data = qa_data.linked_cases(brats_or_skip()[:3], tmp_path / "data")
     options = replace(
         tiny_options(tmp_path / "run", data, tmp_path / "cache"), preset="tiny-refine", iterations=40, save_every=40
     )
@@ -197,11 +194,7 @@ def test_refine_stage_trains_on_real_blocks(tmp_path):
 def test_fine_tuning_from_a_cascade_starts_from_the_stage_it_trains(cascade_checkpoint, tmp_path):
     """--init-from with a cascade (the bundled model is one) takes the refine stage for a refine
     run, and a file without a refine stage is refused before anything is written."""
-    folders = brats_or_skip()
-    data = tmp_path / "data"
-    data.mkdir()
-    for folder in folders[:2]:
-        (data / folder.name).symlink_to(folder, target_is_directory=True)
+    data = qa_data.linked_cases(brats_or_skip()[:2], tmp_path / "data")
     options = replace(
         tiny_options(tmp_path / "run", data, tmp_path / "cache"), preset="tiny-refine", iterations=1, save_every=1,
         init_from=str(cascade_checkpoint),

@@ -167,10 +167,8 @@ def test_killed_run_resumes_without_redoing_finished_cases(three_cases, tiny_che
 def test_generate_passes_the_refine_options_of_a_cascade(three_cases, tmp_path):
     """generate samples a cascade with the refine options sample has, and records them per case."""
     root, _ = three_cases
-    folder = tmp_path / "one"
-    folder.mkdir()
     first_case = sorted(p for p in root.iterdir() if p.is_dir())[0]
-    (folder / first_case.name).symlink_to(first_case, target_is_directory=True)
+    folder = qa_data.linked_cases([first_case], tmp_path / "one")
     first = initial_checkpoint(tmp_path / "first.pt", "tiny")
     cascade = save_cascade(first, initial_checkpoint(tmp_path / "refine.pt", "tiny-refine"), tmp_path / "c.pt")
     out = tmp_path / "out"

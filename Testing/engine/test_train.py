@@ -23,6 +23,8 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+import qa_data
+
 from powdr_outpaint.errors import PowdrError
 from powdr_outpaint.model.checkpoint import load_model, read_checkpoint
 from powdr_outpaint.training.stream import StepBatches, TrainingItems
@@ -56,11 +58,7 @@ def command(*args: object) -> list[str]:
 @pytest.fixture(scope="module")
 def four_cases(tmp_path_factory) -> Path:
     """A data folder with the first four BraTS cases (links to the real files)."""
-    folders = brats_or_skip()
-    root = tmp_path_factory.mktemp("four_cases")
-    for folder in folders[:4]:
-        (root / folder.name).symlink_to(folder, target_is_directory=True)
-    return root
+    return qa_data.linked_cases(brats_or_skip()[:4], tmp_path_factory.mktemp("four_cases"))
 
 
 @pytest.fixture(scope="module")

@@ -298,14 +298,18 @@ def stage_weights(path: str | os.PathLike, stage: str) -> tuple[ModelConfig, dic
     A cascade holds both stages; a single-stage file holds one. Raises CheckpointError with one
     sentence when the file holds no such stage.
     """
+    name = Path(path).name
     config, payload = read_checkpoint(path)
     if stage == "refine" and config.stage != "refine":
-        refiner = refiner_of(payload, config, Path(path).name)
+        refiner = refiner_of(payload, config, name)
         if refiner is None:
-            raise CheckpointError(f"{Path(path).name} holds no refine stage")
+            raise CheckpointError(
+                f"{name} holds no refine stage (it is not a refine-stage model or a cascade; "
+                "train one with --preset refine)"
+            )
         return refiner, payload["refiner"]["weights"]
     if config.stage != stage:
-        raise CheckpointError(f"{Path(path).name} holds only a {config.stage} stage, not a {stage} stage")
+        raise CheckpointError(f"{name} holds no first stage (it is not a first-stage model or a cascade)")
     return config, payload["weights"]
 
 
@@ -351,18 +355,8 @@ def save_cascade(first_path: str | os.PathLike, refine_path: str | os.PathLike, 
     Either file may itself be a cascade: its first, or its refine, stage is taken, so one stage
     of a cascade can be replaced by a newly trained one.
     """
-    first, first_payload = read_checkpoint(first_path)
-    if first.stage != "outpaint":
-        raise CheckpointError(f"{Path(first_path).name} is not a first-stage model (nor a cascade)")
-    refine, refine_payload = read_checkpoint(refine_path)
-    refine_weights = refine_payload["weights"]
-    if refine.stage != "refine":
-        joined = refiner_of(refine_payload, refine, Path(refine_path).name)
-        if joined is None:
-            raise CheckpointError(
-                f"{Path(refine_path).name} is not a refine-stage model (train one with --preset refine)"
-            )
-        refine, refine_weights = joined, refine_payload["refiner"]["weights"]
+    first, first_weights = stage_weights(first_path, "outpaint")
+    refine, refine_weights = stage_weights(refine_path, "refine")
     if refine.modality != first.modality:
         raise CheckpointError(
             f"the first stage was trained on {first.modality} and the refine stage on {refine.modality}"
@@ -371,7 +365,7 @@ def save_cascade(first_path: str | os.PathLike, refine_path: str | os.PathLike, 
         "config": refine.to_json(),
         "weights": {k: v.detach().to("cpu").clone() for k, v in refine_weights.items()},
     }
-    return save_checkpoint(path, first, first_payload["weights"], {"refiner": refiner})
+    return save_checkpoint(path, first, first_weights, {"refiner": refiner})
 
 
 def atomic_torch_save(payload: dict[str, Any], path: str | os.PathLike) -> Path:
