@@ -123,7 +123,8 @@ def main() -> None:
 
 def memorisation(train_images: list[str], case, samples: list[np.ndarray], region: np.ndarray) -> dict:
     """Distances (% of range) from the real case and from each sample to every training image."""
-    from powdr_outpaint.imaging.preprocess import normalise, resample
+    from powdr_outpaint.imaging.preprocess import normalise
+    from powdr_outpaint.imaging.resample import resample
     from powdr_outpaint.imaging.volume_io import load_volume
 
     prepared = case.prepared

@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from ..errors import PowdrError
 from ..model.checkpoint import ModelConfig
+from .resample import is_grid_exact, resample
 from .volume_io import Volume
 
 # Model intensities below this fraction of the normalised range are the image background.
@@ -48,36 +49,6 @@ def binarise(mask: np.ndarray, labels: tuple[int, ...] | None = None) -> np.ndar
     if labels is None:
         return np.asarray(mask) > 0
     return np.isin(np.rint(mask).astype(np.int64), labels)
-
-
-def _is_grid_exact(matrix: np.ndarray, offset: np.ndarray, tol: float = 1e-4) -> bool:
-    """True if the voxel mapping is a signed axis permutation with a whole-voxel shift."""
-    rounded = np.rint(matrix)
-    if np.abs(matrix - rounded).max() > tol or np.abs(offset - np.rint(offset)).max() > tol:
-        return False
-    return bool(np.all(np.abs(rounded).sum(axis=0) == 1) and np.all(np.abs(rounded).sum(axis=1) == 1))
-
-
-def resample(
-    data: np.ndarray,
-    out_to_in: np.ndarray,
-    output_shape: tuple[int, ...],
-    order: int,
-    cval: float,
-) -> np.ndarray:
-    """Sample ``data`` at ``out_to_in @ [i, j, k, 1]`` for every output voxel.
-
-    Uses nearest neighbour when the mapping is exact (then the values are copied, not
-    interpolated) or when ``order`` is 0, else splines of ``order`` (1: trilinear). Outside
-    the input: ``cval``.
-    """
-    matrix, offset = out_to_in[:3, :3], out_to_in[:3, 3]
-    if _is_grid_exact(matrix, offset):
-        order = 0
-        matrix, offset = np.rint(matrix), np.rint(offset)
-    return ndimage.affine_transform(
-        data, matrix, offset=offset, output_shape=tuple(output_shape), order=order, mode="constant", cval=cval
-    )
 
 
 def lesion_on_image_grid(mask: Volume, image: Volume, labels: tuple[int, ...] | None) -> np.ndarray:
@@ -232,7 +203,7 @@ def prepare(
         model_affine = plan_model_grid(image, lesion, config)
     model_to_input = np.linalg.solve(image.affine, model_affine)
     shape = config.grid.shape
-    exact = _is_grid_exact(model_to_input[:3, :3], model_to_input[:3, 3])
+    exact = is_grid_exact(model_to_input[:3, :3], model_to_input[:3, 3])
     model_values = resample(data.astype(np.float32), model_to_input, shape, order=1, cval=background)
     model_lesion = resample(lesion.astype(np.uint8), model_to_input, shape, order=0, cval=0) > 0
     if not model_lesion.any():
@@ -317,10 +288,19 @@ def match_tissue_level(synthetic: np.ndarray, prepared: Prepared) -> tuple[np.nd
 
 def blend_weights(lesion: np.ndarray, spacing: np.ndarray, width_mm: float) -> np.ndarray:
     """Weight of the input image: 1 in the lesion, falling linearly to 0 over ``width_mm``."""
-    if width_mm <= 0:
+    if width_mm <= 0 or not lesion.any():
         return lesion.astype(np.float64)
-    distance = ndimage.distance_transform_edt(~lesion, sampling=spacing)
-    return np.clip(1.0 - distance / width_mm, 0.0, 1.0)
+    # The weights vanish beyond width_mm of the lesion, so the distance transform (seconds on a
+    # whole 1 mm head) only needs the lesion's bounding box grown by that width: every lesion
+    # voxel lies inside it, so distances within it are exact, and every voxel outside it is
+    # farther than width_mm.
+    margin = np.ceil(width_mm / np.asarray(spacing, dtype=np.float64)).astype(int) + 1
+    box = ndimage.find_objects(lesion.astype(np.uint8))[0]
+    box = tuple(slice(max(s.start - m, 0), min(s.stop + m, n)) for s, m, n in zip(box, margin, lesion.shape))
+    weights = np.zeros(lesion.shape, dtype=np.float64)
+    distance = ndimage.distance_transform_edt(~lesion[box], sampling=spacing)
+    weights[box] = np.clip(1.0 - distance / width_mm, 0.0, 1.0)
+    return weights
 
 
 def preserve_lesion(synthetic: np.ndarray, prepared: Prepared, weights: np.ndarray) -> np.ndarray:

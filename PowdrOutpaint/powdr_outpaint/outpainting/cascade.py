@@ -17,7 +17,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..imaging.preprocess import Prepared, resample
+from ..imaging.preprocess import Prepared
+from ..imaging.resample import resample
 from ..model.samplers import Sampler
 from ..model.transforms import SUBBANDS
 

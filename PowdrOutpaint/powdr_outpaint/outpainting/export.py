@@ -47,7 +47,8 @@ import numpy as np
 
 from ..errors import PowdrError
 from ..imaging.atomic import atomic_target, write_json_atomic
-from ..imaging.preprocess import parse_labels, resample
+from ..imaging.preprocess import parse_labels
+from ..imaging.resample import resample
 from ..imaging.volume_io import Volume, load_volume, save_nifti
 from ..qa.evaluate import SAMPLE_PATTERN
 from ..training.data import strip_sequence

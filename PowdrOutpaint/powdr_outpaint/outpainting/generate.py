@@ -44,7 +44,8 @@ from typing import Any, TextIO
 import numpy as np
 
 from ..errors import PowdrError
-from ..imaging.preprocess import parse_labels, resample
+from ..imaging.preprocess import parse_labels
+from ..imaging.resample import resample
 from ..imaging.volume_io import NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, load_volume, save_nifti, stem_of
 from ..model.checkpoint import read_checkpoint
 from ..progress import Progress

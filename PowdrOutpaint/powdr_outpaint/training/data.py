@@ -35,7 +35,8 @@ from scipy import ndimage
 from ..errors import PowdrError
 from ..imaging.atomic import atomic_target
 from ..imaging.masks import dilate, foreground_depth, largest_component
-from ..imaging.preprocess import lesion_on_image_grid, prepare, resample
+from ..imaging.preprocess import lesion_on_image_grid, prepare
+from ..imaging.resample import resample
 from ..imaging.volume_io import NIFTI_SUFFIXES, load_volume, stem_of
 from ..model.checkpoint import ModelConfig, file_sha256
 
