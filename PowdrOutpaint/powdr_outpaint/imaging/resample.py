@@ -3,7 +3,7 @@
 The model grid is axis-aligned in RAS and most scans are stored along their scanner axes, so
 the mapping between the two is nearly always a scaling, a shift, flips and an axis order. A
 B-spline of such a mapping is a tensor product of three 1-D interpolations, each a small
-matrix applied along one axis: on a 240x240x155 BraTS grid that is several times faster than a
+matrix applied along one axis: on a 240x240x155 BraTS grid that is an order of magnitude faster than a
 general 3-D spline, which evaluates 4^3 taps per output voxel. Oblique mappings go through
 :func:`scipy.ndimage.affine_transform`. Both give the same values (to rounding).
 """
@@ -110,9 +110,13 @@ def resample(
         order = 0
         matrix, offset = np.rint(matrix), np.rint(offset)
     outputs_of_inputs = axis_order(matrix)
+    # Trilinear onto a smaller grid touches 8 input voxels per output voxel, less work than
+    # three passes over the whole input.
+    shrinking = order == 1 and np.prod(output_shape) < np.size(data)
     if (
         order in (1, 3)
         and outputs_of_inputs is not None
+        and not shrinking
         and np.issubdtype(np.asarray(data).dtype, np.floating)
         and np.ndim(data) == 3
     ):
