@@ -1,7 +1,10 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
-from powdr_outpaint.model.network import AttentionBlock, NetworkConfig, OutpaintUNet, count_parameters
+from powdr_outpaint.model.diffusion import DiffusionConfig, Schedule
+from powdr_outpaint.model.network import AttentionBlock, NetworkConfig, OutpaintUNet, count_parameters, skip_weights
 from powdr_outpaint.model.presets import PRESETS, get_preset
 from powdr_outpaint.model.runtime import FastForward
 
@@ -80,3 +83,77 @@ def test_invalid_network_configs_are_refused():
         NetworkConfig(base_channels=10, norm_groups=32).validate()
     with pytest.raises(ValueError, match="attention levels"):
         NetworkConfig(attention_levels=(7,)).validate()
+
+
+def skip_network(seed: int = 0) -> OutpaintUNet:
+    """The tiny network with the input skip and random (untrained) weights everywhere."""
+    torch.manual_seed(seed)
+    net = OutpaintUNet(replace(get_preset("tiny").network, input_skip=(0.88, 0.13)), DiffusionConfig())
+    for module in net.modules():
+        if isinstance(module, torch.nn.Conv3d) and not module.weight.any():
+            module.reset_parameters()
+    return net.eval()
+
+
+def test_input_skip_passes_a_nearly_clean_input_through():
+    """A fresh network (zero output layer, as training starts) with the skip returns a nearly
+    clean x_t's detail as its x0, so the last denoising steps keep what x_t carries; without
+    the skip the network has to learn to rebuild it through all its levels."""
+    schedule = Schedule.from_config(DiffusionConfig())
+    torch.manual_seed(1)
+    x0 = torch.cat([0.88 * torch.randn(1, 1, 8, 8, 8), 0.13 * torch.randn(1, 7, 8, 8, 8)], dim=1)
+    condition = torch.zeros_like(x0)
+    plain = OutpaintUNet(get_preset("tiny").network).eval()
+    skip = OutpaintUNet(replace(get_preset("tiny").network, input_skip=(0.88, 0.13)), DiffusionConfig()).eval()
+    detail = x0[:, 1:].pow(2).mean()
+    with torch.no_grad():
+        for t in (0, 5):
+            step = torch.tensor([t])
+            xt = schedule.q_sample(x0, step, torch.randn_like(x0))
+            skip_error = (skip(torch.cat([xt, condition], 1), step) - x0)[:, 1:].pow(2).mean() / detail
+            plain_error = (plain(torch.cat([xt, condition], 1), step) - x0)[:, 1:].pow(2).mean() / detail
+            assert skip_error < 0.05, f"t={t}: the skip network loses {skip_error:.2f} of the detail energy"
+            assert plain_error > 0.95
+
+
+def test_input_skip_weights_keep_the_target_scale_and_end_as_plain_x0():
+    """c_skip is the best linear estimate's weight, so F's target (x0 - c_skip x_t) / c_out
+    has the data's RMS at every timestep; at the noisiest timestep F is the x0 prediction."""
+    config = replace(get_preset("tiny").network, input_skip=(0.88, 0.13))
+    diffusion = DiffusionConfig()
+    c_skip, c_out = skip_weights(config, diffusion)
+    assert c_skip.shape == c_out.shape == (diffusion.timesteps, 8)
+    assert c_skip[0].min() > 0.99 and c_skip[-1].max() < 0.01
+    assert abs(float(c_out[-1].min()) - 1.0) < 1e-3
+    schedule = Schedule.from_config(diffusion)
+    torch.manual_seed(2)
+    x0 = torch.cat([0.88 * torch.randn(1, 1, 16, 16, 16), 0.13 * torch.randn(1, 7, 16, 16, 16)], dim=1)
+    for t in (0, 50, 300, 999):
+        xt = schedule.q_sample(x0, torch.tensor([t]), torch.randn_like(x0))
+        target = (x0 - c_skip[t].view(1, 8, 1, 1, 1) * xt) / c_out[t].view(1, 8, 1, 1, 1)
+        rms = target.pow(2).mean(dim=(0, 2, 3, 4)).sqrt()
+        torch.testing.assert_close(rms[0], torch.tensor(0.88), rtol=0.1, atol=0.0)
+        torch.testing.assert_close(rms[1:], torch.full((7,), 0.13), rtol=0.1, atol=0.0)
+
+
+def test_input_skip_needs_the_schedule_and_two_positive_values():
+    config = replace(get_preset("tiny").network, input_skip=(0.88, 0.13))
+    with pytest.raises(ValueError, match="diffusion schedule"):
+        OutpaintUNet(config)
+    with pytest.raises(ValueError, match="two positive"):
+        replace(config, input_skip=(0.88,)).validate()
+    with pytest.raises(ValueError, match="two positive"):
+        replace(config, input_skip=(0.88, -1.0)).validate()
+
+
+def test_input_skip_adds_no_weights_and_runs_in_bf16():
+    plain = OutpaintUNet(get_preset("tiny").network)
+    skip = skip_network()
+    assert set(skip.state_dict()) == set(plain.state_dict())
+    x = torch.randn(2, 16, 8, 8, 8)
+    t = torch.tensor([3, 700])
+    with torch.no_grad():
+        full = skip(x, t)
+    fast = FastForward(skip, torch.device("cpu"), precision="bf16")(x, t)
+    assert fast.dtype == torch.float32
+    assert (fast - full).abs().max() < 0.1 * full.abs().max()

@@ -354,3 +354,32 @@ def test_torchrun_two_gloo_processes_write_one_checkpoint(four_cases, cache_dir,
     assert result.stderr.count("Training tiny") == 1
     # The checkpoint is usable for sampling like any other.
     assert load_model(out / "latest.pt").config.training.strategy == "random"
+
+
+def test_input_skip_run_trains_saves_resumes_and_samples(four_cases, cache_dir, tmp_path):
+    """--input-skip starts from a plain x0 checkpoint (the skip adds no weights), stores the
+    skip in the checkpoint's network, keeps it on resume and refuses to drop it."""
+    plain = train(tiny_options(tmp_path / "plain", four_cases, cache_dir, iterations=2, save_every=2))
+    options = tiny_options(tmp_path / "skip", four_cases, cache_dir, iterations=2, save_every=2,
+                           input_skip=True, init_from=str(plain.latest))
+    train(options)
+    model = load_model(tmp_path / "skip" / "latest.pt")
+    assert len(model.config.network.input_skip) == 2
+    assert read_checkpoint(plain.latest)[0].network.input_skip == ()
+    with pytest.raises(PowdrError, match="differs from the run being resumed"):
+        train(replace(options, resume=True, input_skip=False, init_from=None, iterations=3))
+    resumed = train(replace(options, resume=True, input_skip=None, init_from=None, data=None, iterations=3))
+    assert resumed.final_step == 3
+    assert load_model(tmp_path / "skip" / "latest.pt").config.network.input_skip == model.config.network.input_skip
+    folder = brats_or_skip()[0]
+    out = tmp_path / "sampled"
+    result = subprocess.run(
+        command("sample", "--image", folder / f"{folder.name}_t1.nii.gz", "--mask", folder / f"{folder.name}_seg.nii.gz",
+                "--checkpoint", tmp_path / "skip" / "latest.pt", "--out", out, "--samples", 1, "--steps", 3,
+                "--progress", "none"),
+        capture_output=True, text=True, timeout=300, env=environment(),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    sample = nib.load(out / f"{folder.name}_t1_outpaint_s00.nii.gz")
+    assert sample.shape == nib.load(folder / f"{folder.name}_t1.nii.gz").shape
+    assert np.isfinite(np.asarray(sample.dataobj)).all()

@@ -154,7 +154,7 @@ def measure(
         raise PowdrError(f"the {preset} network needs image sides divisible by {divisor}; got {image_shape}")
     torch_device = resolve_device(device)
     torch.manual_seed(seed)
-    network = OutpaintUNet(config.network)
+    network = OutpaintUNet(config.network, config.diffusion)
     parameters = count_parameters(network)
     sampler = Sampler(Schedule.from_config(config.diffusion), "ddpm", 1000)
     half = tuple(s // 2 for s in image_shape)

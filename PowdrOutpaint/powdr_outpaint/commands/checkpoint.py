@@ -61,11 +61,11 @@ def _init(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     config, payload = read_checkpoint(args.checkpoint)
     card = config.card()
-    card["parameters"] = count_parameters(OutpaintUNet(config.network))
+    card["parameters"] = count_parameters(OutpaintUNet(config.network, config.diffusion))
     refiner = refiner_of(payload, config, Path(args.checkpoint).name)
     if refiner is not None:
         card["refine"] = refiner.card()
-        card["refine"]["parameters"] = count_parameters(OutpaintUNet(refiner.network))
+        card["refine"]["parameters"] = count_parameters(OutpaintUNet(refiner.network, refiner.diffusion))
     if args.json:
         print(json.dumps(card))
     else:

@@ -45,6 +45,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--augment", type=float, default=None, metavar="P",
                        help="warp each training item with probability P: mirror, a few degrees and per cent, "
                             "a few mm of shift and elastic displacement (default: the preset's)")
+    model.add_argument("--input-skip", action="store_true", default=None,
+                       help="let nearly clean inputs pass to the x0 prediction through a skip weighted by the "
+                            "noise level, so the network only supplies what the noise hides (sharper samples; "
+                            "README, Training)")
     model.add_argument("--init-from", default=None, metavar="CKPT",
                        help="start a new run from the weights of a checkpoint of the same preset (fine-tuning); "
                             "from a cascade, the stage this run trains")

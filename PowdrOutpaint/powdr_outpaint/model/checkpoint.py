@@ -145,7 +145,7 @@ class ModelConfig:
                 f"format version {version!r} is not supported by this version (expects {FORMAT_VERSION})"
             )
         try:
-            network = _build(NetworkConfig, raw["network"], tuples=("channel_mult", "attention_levels"))
+            network = _build(NetworkConfig, raw["network"], tuples=("channel_mult", "attention_levels", "input_skip"))
             diffusion = _build(DiffusionConfig, raw["diffusion"])
             grid = _build(GridConfig, raw["grid"], tuples=("shape", "spacing", "patch"))
             normalisation = _build(NormalisationConfig, raw.get("normalisation", {}))
@@ -317,7 +317,7 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
     """Load a checkpoint for inference: validated config, network in eval mode on ``device``."""
     path = Path(path)
     config, payload = read_checkpoint(path)
-    network = OutpaintUNet(config.network)
+    network = OutpaintUNet(config.network, config.diffusion)
     try:
         network.load_state_dict(payload["weights"], strict=True)
     except RuntimeError as error:
@@ -334,7 +334,7 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
     refiner = None
     refiner_config = refiner_of(payload, config, path.name)
     if refiner_config is not None:
-        refiner_network = OutpaintUNet(refiner_config.network)
+        refiner_network = OutpaintUNet(refiner_config.network, refiner_config.diffusion)
         try:
             refiner_network.load_state_dict(payload["refiner"]["weights"], strict=True)
         except RuntimeError as error:
@@ -408,7 +408,7 @@ def initial_checkpoint(path: str | os.PathLike, preset: str, seed: int = 0, moda
     """
     config = ModelConfig.from_preset(preset, modality=modality)
     torch.manual_seed(seed)
-    network = OutpaintUNet(config.network)
+    network = OutpaintUNet(config.network, config.diffusion)
     for module in network.modules():
         if isinstance(module, torch.nn.Conv3d) and not module.weight.any():
             module.reset_parameters()

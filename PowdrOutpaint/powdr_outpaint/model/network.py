@@ -4,6 +4,14 @@ The network maps the concatenation [x_t, c] of the noisy target subbands and the
 condition subbands, shape (B, 2 * 8, X, Y, Z) on the half-resolution wavelet grid,
 and a batch of integer timesteps (B,) to a prediction of x_0, shape (B, 8, X, Y, Z).
 Every spatial size must be divisible by 2 ** (levels - 1).
+
+With ``input_skip`` (the RMS of the data's low-pass and detail subbands) the prediction is
+``c_skip(t) * x_t + c_out(t) * F``, where F is the U-Net's output and c_skip, c_out are
+the weights of the best linear estimate of x_0 from x_t (Karras et al., 2022, written for
+the variance-preserving chain). Nearly clean inputs then pass through the skip, and the
+U-Net only has to supply what the noise hides; at the noisiest timesteps c_out -> 1 and
+c_skip -> 0, so F is the x_0 prediction as before. Without it the U-Net has to rebuild a
+nearly clean x_t through all its levels, and an x_0 loss weighs those timesteps little.
 """
 
 from __future__ import annotations
@@ -11,9 +19,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .diffusion import DiffusionConfig, linear_betas
 
 
 @dataclass(frozen=True)
@@ -29,6 +40,9 @@ class NetworkConfig:
     head_channels: int = 64
     dropout: float = 0.1
     norm_groups: int = 32
+    # RMS of the low-pass and of the detail subbands of the training data; () for a plain
+    # x0 output (every checkpoint before 2026-12-02).
+    input_skip: tuple[float, ...] = ()
 
     @property
     def levels(self) -> int:
@@ -58,6 +72,27 @@ class NetworkConfig:
             raise ValueError("dropout must lie in [0, 1)")
         if self.num_res_blocks < 1 or self.head_channels < 1:
             raise ValueError("num_res_blocks and head_channels must be positive")
+        if self.input_skip and (len(self.input_skip) != 2 or not all(0 < v < 100 for v in self.input_skip)):
+            raise ValueError("input_skip must hold two positive RMS values (low-pass, detail subbands)")
+
+
+def skip_weights(config: NetworkConfig, diffusion: DiffusionConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """c_skip and c_out of every timestep and output channel, float32 (T, out_channels) each.
+
+    For x_t = sqrt(a) x0 + sqrt(1 - a) eps and x0 of RMS s per channel: c_skip =
+    sqrt(a) s^2 / (a s^2 + 1 - a), the linear estimate's weight, and c_out =
+    sqrt(1 - a) / sqrt(a s^2 + 1 - a), which keeps F's target at the data's own scale
+    at every t (the residual's RMS divided by s) and makes c_out 1 where x_t is pure noise.
+    The first out_channels / 8 channels are low-pass subbands, the others detail.
+    """
+    alpha_bar = torch.from_numpy(np.cumprod(1.0 - linear_betas(diffusion)))[:, None]
+    sequences = config.out_channels // 8
+    rms = torch.full((config.out_channels,), float(config.input_skip[1]), dtype=torch.float64)
+    rms[:sequences] = float(config.input_skip[0])
+    variance = alpha_bar * rms**2 + (1.0 - alpha_bar)
+    c_skip = alpha_bar.sqrt() * rms**2 / variance
+    c_out = (1.0 - alpha_bar).sqrt() / variance.sqrt()
+    return c_skip.float(), c_out.float()
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -148,10 +183,17 @@ class Stage(nn.ModuleList):
 class OutpaintUNet(nn.Module):
     """x0-predicting conditional U-Net; see the module docstring for shapes."""
 
-    def __init__(self, config: NetworkConfig):
+    def __init__(self, config: NetworkConfig, diffusion: DiffusionConfig | None = None):
         super().__init__()
         config.validate()
         self.config = config
+        if config.input_skip:
+            if diffusion is None:
+                raise ValueError("a network with input_skip needs the diffusion schedule")
+            c_skip, c_out = skip_weights(config, diffusion)
+            # Derived from the configuration, so not stored with the weights.
+            self.register_buffer("c_skip", c_skip, persistent=False)
+            self.register_buffer("c_out", c_out, persistent=False)
         base = config.base_channels
         emb_dim = 4 * base
         groups = config.norm_groups
@@ -208,7 +250,14 @@ class OutpaintUNet(nn.Module):
         h = self.middle(h, emb)
         for stage in self.up:
             h = stage(torch.cat([h, skips.pop()], dim=1), emb)
-        return self.out_conv(F.silu(self.out_norm(h)))
+        out = self.out_conv(F.silu(self.out_norm(h)))
+        if not self.config.input_skip:
+            return out
+        # In float32 whatever the autocast: near t = 0 the result is x_t plus a small correction.
+        shape = (-1, self.config.out_channels, 1, 1, 1)
+        c_skip = self.c_skip[timesteps].reshape(shape)
+        c_out = self.c_out[timesteps].reshape(shape)
+        return c_skip * x[:, : self.config.out_channels].float() + c_out * out.float()
 
 
 def count_parameters(model: nn.Module) -> int:
