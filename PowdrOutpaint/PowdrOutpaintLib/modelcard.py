@@ -157,6 +157,7 @@ def _stageCard(configText, weights, name: str) -> dict:
             "base_channels": network.get("base_channels"),
             "channel_mult": list(network.get("channel_mult") or []),
             "attention_levels": list(network.get("attention_levels") or []),
+            "input_skip": list(network.get("input_skip") or []),
         },
         "timesteps": diffusion.get("timesteps"),
         "parameters": sum(value.numel for value in weights.values()),

@@ -181,6 +181,7 @@ class ModelConfig:
                 "base_channels": self.network.base_channels,
                 "channel_mult": list(self.network.channel_mult),
                 "attention_levels": list(self.network.attention_levels),
+                "input_skip": list(self.network.input_skip),
             },
             "timesteps": self.diffusion.timesteps,
         }

@@ -1,0 +1,92 @@
+"""How well a first stage predicts x0 from x_t at each noise level, on real cases.
+
+For each case (BraTS folder: CASE_t1.nii.gz, CASE_seg.nii.gz) the case is prepared as
+``sample`` prepares it, noised to timestep t (one fixed noise draw per t) and denoised in one
+network call. Over the wavelet voxels of the brain outside the lesion it reports, for the
+low-pass subband and for the seven detail subbands together:
+
+- ``err``: mean squared error of the predicted x0 over the true subbands' mean square;
+- ``energy``: the prediction's mean square over the truth's (detail subbands), under 1 when
+  the prediction is smoother than the truth;
+- ``naive``: the error of x_t / sqrt(alpha_bar_t), the input with its scale undone: what a
+  network that only passed its input through would reach. Where ``err`` exceeds ``naive``,
+  the network throws away detail its input still carries, and the last denoising steps,
+  which start from such inputs, blur every sample.
+
+Usage:
+    python Testing/Benchmarks/diagnose_denoiser.py --checkpoint CKPT \\
+        ../shared/data/brats18/Brats18_TCIA10_639_1 [--timesteps 0,5,25,100,400,700]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from powdr_outpaint.model.checkpoint import load_model
+from powdr_outpaint.model.diffusion import Schedule
+from powdr_outpaint.model.runtime import FastForward
+from powdr_outpaint.model.transforms import image_to_wavelet, make_condition
+from powdr_outpaint.outpainting.outpaint import load_case
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("cases", nargs="+")
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--timesteps", default="0,5,25,50,100,200,400,700")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+
+    torch.set_grad_enabled(False)
+    model = load_model(args.checkpoint, "cpu")
+    lll = model.config.normalisation.lll_scale
+    schedule = Schedule.from_config(model.config.diffusion)
+    forward = FastForward(model.network, torch.device("cpu"), args.precision)
+    results: dict[str, list[dict[str, float]]] = {}
+    for folder in map(Path, args.cases):
+        case = load_case(folder / f"{folder.name}_t1.nii.gz", folder / f"{folder.name}_seg.nii.gz", model, None)
+        image = torch.from_numpy(case.model_images)[None]
+        lesion = torch.from_numpy(case.prepared.model_lesion)[None, None]
+        x0 = image_to_wavelet(image, lll)
+        condition = make_condition(image, lesion, lll)
+        outside = ((image[:, :1] > -0.98) & (lesion == 0)).float()
+        region = torch.nn.functional.avg_pool3d(outside, 2)[0, 0] == 1.0  # whole 2x2x2 blocks only
+        truth = x0[0][:, region]
+        rows = []
+        print(folder.name)
+        for t in map(int, args.timesteps.split(",")):
+            generator = torch.Generator().manual_seed(1000 + t)
+            noise = torch.randn(x0.shape, generator=generator)
+            step = torch.tensor([t])
+            xt = schedule.q_sample(x0, step, noise)
+            predicted = forward(torch.cat([xt, condition], dim=1), step)[0][:, region]
+            naive = (xt / float(np.sqrt(schedule.alphas_cumprod[t])))[0][:, region]
+
+            def relative(estimate: torch.Tensor, channels: slice) -> float:
+                return float((estimate[channels] - truth[channels]).pow(2).mean() / truth[channels].pow(2).mean())
+
+            row = {
+                "t": t,
+                "lowpass_err": relative(predicted, slice(0, 1)),
+                "detail_err": relative(predicted, slice(1, None)),
+                "detail_energy": float(predicted[1:].pow(2).mean() / truth[1:].pow(2).mean()),
+                "lowpass_naive": relative(naive, slice(0, 1)),
+                "detail_naive": relative(naive, slice(1, None)),
+            }
+            rows.append(row)
+            print(f"  t={t:4d}  low-pass err {row['lowpass_err']:.4f} (naive {row['lowpass_naive']:.4f})  "
+                  f"detail err {row['detail_err']:.3f} (naive {row['detail_naive']:.3f})  "
+                  f"detail energy {row['detail_energy']:.3f}", flush=True)
+        results[folder.name] = rows
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
