@@ -1,10 +1,21 @@
 """The schedule and samplers, checked against closed forms derived independently."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
-from powdr_outpaint.model.diffusion import DiffusionConfig, Schedule, respaced_schedule, respaced_timesteps
+from powdr_outpaint.model.diffusion import (
+    DiffusionConfig,
+    Schedule,
+    low_noise_weights,
+    respaced_schedule,
+    respaced_timesteps,
+    x0_loss,
+)
+from powdr_outpaint.model.network import skip_weights
+from powdr_outpaint.model.presets import get_preset
 from powdr_outpaint.model.samplers import Sampler
 
 
@@ -194,3 +205,19 @@ def test_dpm_solver_first_step_is_ddim_and_last_returns_the_prediction(schedule)
     torch.testing.assert_close(Sampler(schedule, "dpm++2m", 12).step(xt, 0, x0, None), x0)
     # A new chain forgets the previous one: its first step is DDIM again.
     torch.testing.assert_close(solver.step(xt, top, x0, None), ddim.step(xt, top, x0, None))
+
+
+def test_low_noise_weights_lift_the_clean_end_and_keep_the_noisy_end():
+    _, c_out = skip_weights(replace(get_preset("tiny").network, input_skip=(0.88, 0.13)), DiffusionConfig())
+    t = torch.arange(1000)
+    weights = low_noise_weights(c_out, t, 5.0)
+    assert weights.shape == (1000, 8)
+    assert torch.allclose(weights[-1], torch.ones(8), atol=1e-3)  # pure noise keeps weight 1
+    assert torch.allclose(weights[0], torch.full((8,), 5.0))  # nearly clean: capped
+    assert (weights[1:] <= weights[:-1] + 1e-6).all()  # never more weight for more noise
+    # the low-pass subband (larger RMS) reaches the cap at noisier timesteps than the detail
+    assert int((weights[:, 0] >= 5.0).sum()) > int((weights[:, 1] >= 5.0).sum()) > 0
+    prediction, target = torch.randn(2, 8, 4, 4, 4), torch.randn(2, 8, 4, 4, 4)
+    assert torch.allclose(x0_loss(prediction, target, torch.ones(2, 8)), x0_loss(prediction, target))
+    doubled = x0_loss(prediction, target, torch.full((2, 8), 2.0))
+    assert torch.allclose(doubled, 2 * x0_loss(prediction, target))

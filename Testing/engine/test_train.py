@@ -358,17 +358,23 @@ def test_torchrun_two_gloo_processes_write_one_checkpoint(four_cases, cache_dir,
 
 def test_input_skip_run_trains_saves_resumes_and_samples(four_cases, cache_dir, tmp_path):
     """--input-skip starts from a plain x0 checkpoint (the skip adds no weights), stores the
-    skip in the checkpoint's network, keeps it on resume and refuses to drop it."""
+    skip in the checkpoint's network, keeps it (and --low-noise-weight) on resume and refuses
+    to drop or change them; the loss weights need the skip."""
     plain = train(tiny_options(tmp_path / "plain", four_cases, cache_dir, iterations=2, save_every=2))
+    with pytest.raises(PowdrError, match="needs --input-skip"):
+        train(tiny_options(tmp_path / "weighted", four_cases, cache_dir, iterations=2, low_noise_weight=5.0))
     options = tiny_options(tmp_path / "skip", four_cases, cache_dir, iterations=2, save_every=2,
-                           input_skip=True, init_from=str(plain.latest))
+                           input_skip=True, low_noise_weight=5.0, init_from=str(plain.latest))
     train(options)
     model = load_model(tmp_path / "skip" / "latest.pt")
     assert len(model.config.network.input_skip) == 2
     assert read_checkpoint(plain.latest)[0].network.input_skip == ()
     with pytest.raises(PowdrError, match="differs from the run being resumed"):
         train(replace(options, resume=True, input_skip=False, init_from=None, iterations=3))
-    resumed = train(replace(options, resume=True, input_skip=None, init_from=None, data=None, iterations=3))
+    with pytest.raises(PowdrError, match="differs from the run being resumed"):
+        train(replace(options, resume=True, low_noise_weight=2.0, init_from=None, iterations=3))
+    resumed = train(replace(options, resume=True, input_skip=None, low_noise_weight=None, init_from=None,
+                            data=None, iterations=3))
     assert resumed.final_step == 3
     assert load_model(tmp_path / "skip" / "latest.pt").config.network.input_skip == model.config.network.input_skip
     folder = brats_or_skip()[0]

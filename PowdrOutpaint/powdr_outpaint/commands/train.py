@@ -49,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="let nearly clean inputs pass to the x0 prediction through a skip weighted by the "
                             "noise level, so the network only supplies what the noise hides (sharper samples; "
                             "README, Training)")
+    model.add_argument("--low-noise-weight", type=float, default=None, metavar="W",
+                       help="with --input-skip: weigh each timestep's x0 error by min(1 / c_out^2, W), so the "
+                            "nearly clean timesteps train the network as much as the noisy ones (0: off, default)")
     model.add_argument("--init-from", default=None, metavar="CKPT",
                        help="start a new run from the weights of a checkpoint of the same preset (fine-tuning); "
                             "from a cascade, the stage this run trains")

@@ -119,6 +119,23 @@ def respaced_schedule(base: Schedule, timesteps: np.ndarray) -> Schedule:
     return Schedule(1.0 - kept / previous)
 
 
-def x0_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error between predicted and true x_0 in the wavelet domain."""
-    return torch.mean((prediction.float() - target.float()) ** 2)
+def x0_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error between predicted and true x_0 in the wavelet domain.
+
+    ``weights`` (B, C) weigh each item's channels (see ``low_noise_weights``); None: all 1.
+    """
+    error = (prediction.float() - target.float()) ** 2
+    if weights is None:
+        return torch.mean(error)
+    return torch.mean(error * weights.reshape(*weights.shape, *([1] * (error.dim() - 2))))
+
+
+def low_noise_weights(c_out: torch.Tensor, t: torch.Tensor, cap: float) -> torch.Tensor:
+    """Loss weights min(1 / c_out(t)^2, cap), (B, C), for a network with the input skip.
+
+    1 / c_out^2 makes the U-Net's own error count alike at every noise level (Karras et al.,
+    2022): the x0 error of a nearly clean input is small in absolute terms, so the plain x0
+    loss hardly trains the U-Net there. It is 1 at the noisiest timesteps, so those keep
+    their weight; the cap bounds it where the input is almost clean.
+    """
+    return torch.clamp(c_out[t].float() ** -2, max=float(cap))

@@ -30,7 +30,7 @@ from ..commands.bench import format_gib, peak_rss_gib
 from ..errors import CheckpointError, PowdrError
 from ..imaging.preprocess import parse_labels
 from ..model.checkpoint import ModelConfig, TrainingInfo, read_checkpoint, save_checkpoint, stage_weights
-from ..model.diffusion import Schedule, x0_loss
+from ..model.diffusion import Schedule, low_noise_weights, x0_loss
 from ..model.network import OutpaintUNet
 from ..model.presets import get_preset
 from ..model.runtime import FastForward, auto_precision, emulated_bf16_warning
@@ -75,6 +75,7 @@ class RunSettings:
     # Added later: runs stored before them resume with the value they trained with (off).
     augment: float = 0.0
     input_skip: bool = False
+    low_noise_weight: float = 0.0
 
 
 @dataclass
@@ -98,6 +99,7 @@ class TrainOptions:
     holdout: int | None = None
     augment: float | None = None
     input_skip: bool | None = None
+    low_noise_weight: float | None = None
     init_from: str | None = None
     iterations: int = 200_000
     save_every: int = 1000
@@ -129,6 +131,8 @@ class TrainOptions:
             (self.p_random is None or 0.0 <= self.p_random <= 1.0, "--p-random must lie in [0, 1]"),
             (self.holdout is None or self.holdout >= 0, "--holdout must be 0 or more"),
             (self.augment is None or 0.0 <= self.augment <= 1.0, "--augment must lie in [0, 1]"),
+            (self.low_noise_weight is None or self.low_noise_weight == 0 or self.low_noise_weight >= 1,
+             "--low-noise-weight must be 0 (off) or at least 1"),
             (self.workers is None or self.workers >= 0, "--workers must be 0 or more"),
             (self.threads is None or self.threads >= 1, "--threads must be at least 1"),
             (self.condition is None or self.condition in CONDITIONS,
@@ -161,6 +165,7 @@ def resolve_settings(options: TrainOptions, stored: dict[str, Any] | None) -> Ru
         "holdout": options.holdout,
         "augment": options.augment,
         "input_skip": options.input_skip,
+        "low_noise_weight": options.low_noise_weight,
     }
     if stored is not None:
         settings = RunSettings(**{f.name: stored[f.name] for f in fields(RunSettings) if f.name in stored})
@@ -200,6 +205,7 @@ def resolve_settings(options: TrainOptions, stored: dict[str, Any] | None) -> Ru
         holdout=-1 if options.holdout is None else options.holdout,
         augment=preset.training.augment if options.augment is None else options.augment,
         input_skip=bool(options.input_skip),
+        low_noise_weight=options.low_noise_weight or 0.0,
     )
 
 
@@ -310,6 +316,8 @@ class Trainer:
         self.start_step = int(self.state["step"]) if self.state else 0
         self.reporter = Reporter(options.progress, self.main, self.start_step, options.iterations)
         self.config = ModelConfig.from_preset(settings.preset, modality=settings.modality)
+        if settings.low_noise_weight and not settings.input_skip:
+            raise PowdrError("--low-noise-weight needs --input-skip: its weights come from the skip's c_out")
         if settings.input_skip:
             network = replace(self.config.network, input_skip=INPUT_SKIP_RMS)
             self.config = replace(self.config, network=network)
@@ -511,14 +519,18 @@ class Trainer:
         torch.manual_seed(stream_seed(settings.seed, step, self.context.rank, STREAM_DROPOUT))
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
             prediction = self.model(torch.cat([noisy, condition], dim=1), t)
-        loss = x0_loss(prediction, target)
+        weights = None
+        if settings.low_noise_weight:
+            weights = low_noise_weights(self.network.c_out, t, settings.low_noise_weight)
+        loss = x0_loss(prediction, target, weights)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if settings.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), settings.grad_clip)
         self.optimizer.step()
         self.ema.update()
-        return loss.detach().float()
+        # The log shows the plain x0 loss, so runs with and without weights compare.
+        return (loss if weights is None else x0_loss(prediction.detach(), target)).detach().float()
 
     def run(self) -> TrainResult:
         options, settings, context = self.options, self.settings, self.context
