@@ -208,7 +208,7 @@ def test_dpm_solver_first_step_is_ddim_and_last_returns_the_prediction(schedule)
 
 
 def test_low_noise_weights_lift_the_clean_end_and_keep_the_noisy_end():
-    _, c_out = skip_weights(replace(get_preset("tiny").network, input_skip=(0.88, 0.13)), DiffusionConfig())
+    _, c_out, _ = skip_weights(replace(get_preset("tiny").network, input_skip=(0.88, 0.13)), DiffusionConfig())
     t = torch.arange(1000)
     weights = low_noise_weights(c_out, t, 5.0)
     assert weights.shape == (1000, 8)

@@ -118,13 +118,15 @@ def test_input_skip_passes_a_nearly_clean_input_through():
 
 def test_input_skip_weights_keep_the_target_scale_and_end_as_plain_x0():
     """c_skip is the best linear estimate's weight, so F's target (x0 - c_skip x_t) / c_out
-    has the data's RMS at every timestep; at the noisiest timestep F is the x0 prediction."""
+    has the data's RMS at every timestep, and c_in gives F's input unit RMS; at the noisiest
+    timestep F is the plain x0 prediction from the plain input."""
     config = replace(get_preset("tiny").network, input_skip=(0.88, 0.13))
     diffusion = DiffusionConfig()
-    c_skip, c_out = skip_weights(config, diffusion)
-    assert c_skip.shape == c_out.shape == (diffusion.timesteps, 8)
+    c_skip, c_out, c_in = skip_weights(config, diffusion)
+    assert c_skip.shape == c_out.shape == c_in.shape == (diffusion.timesteps, 8)
     assert c_skip[0].min() > 0.99 and c_skip[-1].max() < 0.01
     assert abs(float(c_out[-1].min()) - 1.0) < 1e-3
+    assert abs(float(c_in[-1].min()) - 1.0) < 1e-3 and float(c_in[0, 1]) > 7  # detail of a clean input: x 7.7
     schedule = Schedule.from_config(diffusion)
     torch.manual_seed(2)
     x0 = torch.cat([0.88 * torch.randn(1, 1, 16, 16, 16), 0.13 * torch.randn(1, 7, 16, 16, 16)], dim=1)
@@ -134,6 +136,9 @@ def test_input_skip_weights_keep_the_target_scale_and_end_as_plain_x0():
         rms = target.pow(2).mean(dim=(0, 2, 3, 4)).sqrt()
         torch.testing.assert_close(rms[0], torch.tensor(0.88), rtol=0.1, atol=0.0)
         torch.testing.assert_close(rms[1:], torch.full((7,), 0.13), rtol=0.1, atol=0.0)
+        # and the U-Net's noisy input has unit RMS at every noise level
+        scaled = (c_in[t].view(1, 8, 1, 1, 1) * xt).pow(2).mean(dim=(0, 2, 3, 4)).sqrt()
+        torch.testing.assert_close(scaled, torch.ones(8), rtol=0.1, atol=0.0)
 
 
 def test_input_skip_needs_the_schedule_and_two_positive_values():

@@ -6,11 +6,12 @@ and a batch of integer timesteps (B,) to a prediction of x_0, shape (B, 8, X, Y,
 Every spatial size must be divisible by 2 ** (levels - 1).
 
 With ``input_skip`` (the RMS of the data's low-pass and detail subbands) the prediction is
-``c_skip(t) * x_t + c_out(t) * F``, where F is the U-Net's output and c_skip, c_out are
-the weights of the best linear estimate of x_0 from x_t (Karras et al., 2022, written for
-the variance-preserving chain). Nearly clean inputs then pass through the skip, and the
-U-Net only has to supply what the noise hides; at the noisiest timesteps c_out -> 1 and
-c_skip -> 0, so F is the x_0 prediction as before. Without it the U-Net has to rebuild a
+``c_skip(t) * x_t + c_out(t) * F(c_in(t) * x_t, c)``, where F is the U-Net and c_skip, c_out
+are the weights of the best linear estimate of x_0 from x_t and c_in gives the U-Net's noisy
+input unit RMS (the preconditioning of Karras et al., 2022, written for the
+variance-preserving chain). Nearly clean inputs then pass through the skip, and the U-Net
+only has to supply what the noise hides; at the noisiest timesteps c_out -> 1, c_skip -> 0
+and c_in -> 1, so F is the x_0 prediction as before. Without it the U-Net has to rebuild a
 nearly clean x_t through all its levels, and an x_0 loss weighs those timesteps little.
 """
 
@@ -76,13 +77,17 @@ class NetworkConfig:
             raise ValueError("input_skip must hold two positive RMS values (low-pass, detail subbands)")
 
 
-def skip_weights(config: NetworkConfig, diffusion: DiffusionConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """c_skip and c_out of every timestep and output channel, float32 (T, out_channels) each.
+def skip_weights(
+    config: NetworkConfig, diffusion: DiffusionConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """c_skip, c_out and c_in of every timestep and output channel, float32 (T, out_channels) each.
 
     For x_t = sqrt(a) x0 + sqrt(1 - a) eps and x0 of RMS s per channel: c_skip =
     sqrt(a) s^2 / (a s^2 + 1 - a), the linear estimate's weight, and c_out =
     sqrt(1 - a) / sqrt(a s^2 + 1 - a), which keeps F's target at the data's own scale
-    at every t (the residual's RMS divided by s) and makes c_out 1 where x_t is pure noise.
+    at every t (the residual's RMS divided by s) and makes c_out 1 where x_t is pure noise;
+    c_in = 1 / sqrt(a s^2 + 1 - a) scales x_t to unit RMS, so the noise of a nearly clean
+    input is as visible to the U-Net as at any other level.
     The first out_channels / 8 channels are low-pass subbands, the others detail.
     """
     alpha_bar = torch.from_numpy(np.cumprod(1.0 - linear_betas(diffusion)))[:, None]
@@ -92,7 +97,7 @@ def skip_weights(config: NetworkConfig, diffusion: DiffusionConfig) -> tuple[tor
     variance = alpha_bar * rms**2 + (1.0 - alpha_bar)
     c_skip = alpha_bar.sqrt() * rms**2 / variance
     c_out = (1.0 - alpha_bar).sqrt() / variance.sqrt()
-    return c_skip.float(), c_out.float()
+    return c_skip.float(), c_out.float(), variance.rsqrt().float()
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -190,10 +195,11 @@ class OutpaintUNet(nn.Module):
         if config.input_skip:
             if diffusion is None:
                 raise ValueError("a network with input_skip needs the diffusion schedule")
-            c_skip, c_out = skip_weights(config, diffusion)
+            c_skip, c_out, c_in = skip_weights(config, diffusion)
             # Derived from the configuration, so not stored with the weights.
             self.register_buffer("c_skip", c_skip, persistent=False)
             self.register_buffer("c_out", c_out, persistent=False)
+            self.register_buffer("c_in", c_in, persistent=False)
         base = config.base_channels
         emb_dim = 4 * base
         groups = config.norm_groups
@@ -242,7 +248,13 @@ class OutpaintUNet(nn.Module):
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """x: (B, in_channels, X, Y, Z); timesteps: (B,) integers -> (B, out_channels, X, Y, Z)."""
         emb = self.time_embed(timestep_embedding(timesteps, self.config.base_channels).to(x.dtype))
-        h = self.stem(x)
+        noisy = x[:, : self.config.out_channels]
+        shape = (-1, self.config.out_channels, 1, 1, 1)
+        if self.config.input_skip:
+            scaled = noisy * self.c_in[timesteps].reshape(shape).to(x.dtype)
+            h = self.stem(torch.cat([scaled, x[:, self.config.out_channels:]], dim=1))
+        else:
+            h = self.stem(x)
         skips = [h]
         for stage in self.down:
             h = stage(h, emb)
@@ -254,10 +266,9 @@ class OutpaintUNet(nn.Module):
         if not self.config.input_skip:
             return out
         # In float32 whatever the autocast: near t = 0 the result is x_t plus a small correction.
-        shape = (-1, self.config.out_channels, 1, 1, 1)
         c_skip = self.c_skip[timesteps].reshape(shape)
         c_out = self.c_out[timesteps].reshape(shape)
-        return c_skip * x[:, : self.config.out_channels].float() + c_out * out.float()
+        return c_skip * noisy.float() + c_out * out.float()
 
 
 def count_parameters(model: nn.Module) -> int:
