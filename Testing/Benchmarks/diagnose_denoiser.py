@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from scipy import ndimage
 
 from powdr_outpaint.model.checkpoint import load_model

@@ -20,12 +20,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .diffusion import DiffusionConfig, linear_betas
+from .diffusion import DiffusionConfig, Schedule
 
 
 @dataclass(frozen=True)
@@ -90,7 +89,7 @@ def skip_weights(
     input is as visible to the U-Net as at any other level.
     The first out_channels / 8 channels are low-pass subbands, the others detail.
     """
-    alpha_bar = torch.from_numpy(np.cumprod(1.0 - linear_betas(diffusion)))[:, None]
+    alpha_bar = torch.from_numpy(Schedule.from_config(diffusion).alphas_cumprod)[:, None]
     sequences = config.out_channels // 8
     rms = torch.full((config.out_channels,), float(config.input_skip[1]), dtype=torch.float64)
     rms[:sequences] = float(config.input_skip[0])
