@@ -120,6 +120,10 @@ def readModelCard(checkpointPath: str) -> dict:
     if refiner is not None:
         _require(isinstance(refiner, dict), name, "refine stage")
         card["refine"] = _stageCard(refiner.get("config"), refiner.get("weights"), name)
+    expert = payload.get("expert")
+    if expert is not None:
+        _require(isinstance(expert, dict), name, "expert for the last steps")
+        card["expert"] = _stageCard(expert.get("config"), expert.get("weights"), name)
     return card
 
 
@@ -237,6 +241,13 @@ def formatModelCard(card: dict) -> str:
         lines.append(f"Detail stage: {spacingText} mm grid" + (f", {iterations} iterations" if iterations else ""))
         if isinstance(parameters, (int, float)) and isinstance(refine.get("parameters"), (int, float)):
             parameters = parameters + refine["parameters"]
+    expert = card.get("expert")
+    if isinstance(expert, dict):
+        expertTraining = expert.get("training") or {}
+        below, iterations = expertTraining.get("max_timestep"), expertTraining.get("iterations")
+        lines.append(f"Last-steps expert: timesteps below {below}" + (f", {iterations} iterations" if iterations else ""))
+        if isinstance(parameters, (int, float)) and isinstance(expert.get("parameters"), (int, float)):
+            parameters = parameters + expert["parameters"]
     if isinstance(parameters, (int, float)):
         lines.append(f"Parameters: {parameters / 1e6:.2f} M")
     if strategy == "untrained":

@@ -7,7 +7,16 @@ import json
 from pathlib import Path
 
 from ..errors import PowdrError
-from ..model.checkpoint import initial_checkpoint, read_checkpoint, refiner_of, save_cascade, save_checkpoint
+from ..model.checkpoint import (
+    WEIGHT_DTYPES,
+    expert_of,
+    initial_checkpoint,
+    read_checkpoint,
+    refiner_of,
+    save_cascade,
+    save_checkpoint,
+    stored_weights,
+)
 from ..model.network import OutpaintUNet, count_parameters
 from ..model.presets import PRESETS
 from .cli import command_help
@@ -37,17 +46,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     strip.add_argument("--checkpoint", required=True, help="a checkpoint written by train (e.g. latest.pt)")
     strip.add_argument("--out", required=True, help="the sampling-only checkpoint to write (.pt)")
+    strip.add_argument("--weights", choices=sorted(WEIGHT_DTYPES), default="fp32",
+                       help="store the weights in fp32 (default) or fp16 (half the file; sampling still "
+                            "computes in the precision it is given)")
     strip.set_defaults(func=_strip)
 
     cascade = subparsers.add_parser(
         "cascade",
         help=command_help("cascade"),
         description="Write one sampling checkpoint from a first stage (any outpaint preset) and a refine "
-        "stage (--preset refine): 'sample' then makes the anatomy with the first and its detail with the "
-        "second. Training state is dropped from both.",
+        "stage (--preset refine), an expert for the first stage's last steps (trained with --max-timestep), "
+        "or both: 'sample' then makes the anatomy with the first stage, hands its last steps to the expert "
+        "and adds detail with the refine stage. Training state is dropped.",
     )
     cascade.add_argument("--first", required=True, help="the first stage (e.g. a demo-preset latest.pt, or a cascade)")
-    cascade.add_argument("--refine", required=True, help="the refine stage (a refine-preset latest.pt, or a cascade)")
+    cascade.add_argument("--refine", default=None,
+                         help="the refine stage (a refine-preset latest.pt, or a cascade)")
+    cascade.add_argument("--expert", default=None,
+                         help="an expert for the first stage's last steps (a run trained with --max-timestep); "
+                              "without it, an expert the --first file holds is kept")
+    cascade.add_argument("--weights", choices=sorted(WEIGHT_DTYPES), default="fp32",
+                         help="store the weights in fp32 (default) or fp16 (half the file)")
     cascade.add_argument("--out", required=True, help="the joined checkpoint to write (.pt)")
     cascade.set_defaults(func=_cascade)
 
@@ -66,6 +85,10 @@ def _info(args: argparse.Namespace) -> int:
     if refiner is not None:
         card["refine"] = refiner.card()
         card["refine"]["parameters"] = count_parameters(OutpaintUNet(refiner.network, refiner.diffusion))
+    expert = expert_of(payload, config, Path(args.checkpoint).name)
+    if expert is not None:
+        card["expert"] = expert.card()
+        card["expert"]["parameters"] = count_parameters(OutpaintUNet(expert.network, expert.diffusion))
     if args.json:
         print(json.dumps(card))
     else:
@@ -74,25 +97,32 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def strip_checkpoint(source: str | Path, destination: str | Path) -> Path:
-    """Copy ``source`` to ``destination`` without its training state; returns the new path."""
+def strip_checkpoint(source: str | Path, destination: str | Path, weights: str = "fp32") -> Path:
+    """Copy ``source`` to ``destination`` without its training state; returns the new path.
+
+    ``weights`` "fp16" stores every stage's weights in half precision.
+    """
     source, destination = Path(source), Path(destination)
     if destination.exists() and destination.resolve() == source.resolve():
         raise PowdrError("--out must differ from --checkpoint; the training checkpoint is kept as it is")
     config, payload = read_checkpoint(source)
-    kept = {"refiner": payload["refiner"]} if "refiner" in payload else None
-    return save_checkpoint(destination, config, payload["weights"], kept)
+    kept = {
+        name: {"config": payload[name]["config"], "weights": stored_weights(payload[name]["weights"], weights)}
+        for name in ("refiner", "expert")
+        if name in payload
+    }
+    return save_checkpoint(destination, config, payload["weights"], kept or None, weights_dtype=weights)
 
 
 def _cascade(args: argparse.Namespace) -> int:
-    path = save_cascade(args.first, args.refine, args.out)
+    path = save_cascade(args.first, args.refine, args.out, expert_path=args.expert, weights=args.weights)
     print(f"wrote the cascade {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
 
 def _strip(args: argparse.Namespace) -> int:
     before = Path(args.checkpoint).stat().st_size
-    path = strip_checkpoint(args.checkpoint, args.out)
+    path = strip_checkpoint(args.checkpoint, args.out, weights=args.weights)
     after = path.stat().st_size
     print(f"wrote {path} ({after / 2**20:.1f} MiB, was {before / 2**20:.1f} MiB)")
     return 0

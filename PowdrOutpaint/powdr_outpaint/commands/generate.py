@@ -96,6 +96,7 @@ def _run(args: argparse.Namespace) -> int:
         refine_steps=args.refine_steps,
         refine_sampler=args.refine_sampler,
         refine_tiling=args.refine_tiling,
+        expert=not args.no_expert,
     )
     summary = run_generate(cases, args.checkpoint, args.out, options, args.progress, rank, world)
     prefix = f"[rank {rank}/{world}] " if world > 1 else ""

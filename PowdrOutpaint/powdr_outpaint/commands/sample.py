@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_refine_options(parser: argparse.ArgumentParser) -> None:
-    """The options of a cascade's refine stage (sample and generate)."""
+    """The options of a cascade's later stages (sample and generate)."""
     parser.add_argument("--refine-sampler", choices=SAMPLERS, default="dpm++2m",
                         help="sampler of a cascade's refine stage (default dpm++2m)")
     parser.add_argument("--refine-steps", type=int, default=5,
@@ -64,6 +64,9 @@ def add_refine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refine-tiling", choices=REFINE_TILINGS, default="whole",
                         help="whole: a cascade's refine stage on its whole grid in one pass (default); "
                              "blocks: on overlapping blocks of its training patch (less memory)")
+    parser.add_argument("--no-expert", action="store_true",
+                        help="run the first stage's last steps with the first stage itself, not with the expert "
+                             "for the last steps the checkpoint holds (for comparisons)")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -81,6 +84,7 @@ def _run(args: argparse.Namespace) -> int:
         refine_steps=args.refine_steps,
         refine_sampler=args.refine_sampler,
         refine_tiling=args.refine_tiling,
+        expert=not args.no_expert,
         tissue_level=args.tissue_level,
     )
     progress = Progress(args.progress, min_interval_s=0.2)

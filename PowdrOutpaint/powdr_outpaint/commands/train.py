@@ -52,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--low-noise-weight", type=float, default=None, metavar="W",
                        help="with --input-skip: weigh each timestep's x0 error by min(1 / c_out^2, W), so the "
                             "nearly clean timesteps train the network as much as the noisy ones (0: off, default)")
+    model.add_argument("--max-timestep", type=int, default=None, metavar="N",
+                       help="train only on timesteps below N: an expert for a first stage's last, least noisy "
+                            "steps, which `cascade --expert` adds to a model (default: every timestep)")
     model.add_argument("--init-from", default=None, metavar="CKPT",
                        help="start a new run from the weights of a checkpoint of the same preset (fine-tuning); "
                             "from a cascade, the stage this run trains")

@@ -6,7 +6,12 @@ the file loads with ``torch.load(..., weights_only=True)`` and no code runs)::
     {"format": "powdr-outpaint-checkpoint",
      "config": "<JSON text of ModelConfig>",
      "weights": {name: tensor},            # used for sampling (the EMA when trained)
+     "refiner": {"config": ..., "weights": ...},   # optional: a cascade's refine stage
+     "expert": {"config": ..., "weights": ...},    # optional: the first stage's last steps
      ...}                                  # training state, ignored here
+
+Weights may be stored in float16 (``--weights fp16``) to halve the file; they are loaded
+into the float32 network, so only their rounding changes.
 
 The JSON configuration is checked field by field and the weights must match the
 network it describes exactly.
@@ -63,12 +68,16 @@ class TrainingInfo:
     dilate: int = 0
     p_random: float = 0.0
     data: str = ""
+    # 0: trained on every timestep. N: only on t < N, an expert for the last steps of a chain.
+    max_timestep: int = 0
 
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"training strategy must be one of {', '.join(STRATEGIES)}")
         if self.iterations < 0 or self.dilate < 0 or not 0.0 <= self.p_random <= 1.0:
             raise ValueError("iterations and dilate must be >= 0 and p_random in [0, 1]")
+        if self.max_timestep < 0:
+            raise ValueError("max_timestep must be 0 (every timestep) or more")
 
 
 @dataclass(frozen=True)
@@ -221,6 +230,7 @@ class LoadedModel:
     path: Path
     extra: dict[str, Any]
     refiner: "LoadedModel | None" = None  # the refine stage of a cascade
+    expert: "LoadedModel | None" = None  # the first stage's expert for its last steps
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -268,24 +278,66 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any
         raise CheckpointError(f"the checkpoint {path.name} holds no weights")
     if "refiner" in payload:
         _refiner_config(payload["refiner"], config, path.name)
+    if "expert" in payload:
+        _expert_config(payload["expert"], config, path.name)
     return config, payload
 
 
 def _refiner_config(section: Any, first: ModelConfig, name: str) -> ModelConfig:
     """The validated configuration of a cascade's refine stage."""
-    if not isinstance(section, dict) or not isinstance(section.get("weights"), dict) or not all(
-        isinstance(v, torch.Tensor) for v in section["weights"].values()
-    ):
-        raise CheckpointError(f"the checkpoint {name} has a damaged refine stage")
-    try:
-        config = ModelConfig.from_dict(json.loads(section.get("config", "")))
-    except (ValueError, TypeError) as error:
-        raise CheckpointError(f"the refine stage of {name} has an invalid configuration: {error}") from None
+    config = _section_config(section, name, "refine stage")
     if first.stage != "outpaint" or config.stage != "refine":
         raise CheckpointError(f"the checkpoint {name} joins stages in the wrong order")
     if config.modality != first.modality:
         raise CheckpointError(f"the two stages of {name} were trained on different modalities")
     return config
+
+
+def _section_config(section: Any, name: str, what: str) -> ModelConfig:
+    if not isinstance(section, dict) or not isinstance(section.get("weights"), dict) or not all(
+        isinstance(v, torch.Tensor) for v in section["weights"].values()
+    ):
+        raise CheckpointError(f"the checkpoint {name} has a damaged {what}")
+    try:
+        return ModelConfig.from_dict(json.loads(section.get("config", "")))
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"the {what} of {name} has an invalid configuration: {error}") from None
+
+
+def check_expert(expert: ModelConfig, first: ModelConfig, name: str) -> None:
+    """Refuse an expert that cannot stand in for ``first`` on its last steps (CheckpointError)."""
+    if expert.stage != "outpaint" or not expert.training.max_timestep:
+        raise CheckpointError(
+            f"{name} is not an expert for the last steps (train one with --max-timestep on a first-stage preset)"
+        )
+    if first.training.max_timestep:
+        raise CheckpointError(f"the first stage of {name} is itself an expert for the last steps")
+    if expert.training.max_timestep > first.diffusion.timesteps:
+        raise CheckpointError(f"the expert of {name} claims more timesteps than the diffusion has")
+    same = (
+        expert.modality == first.modality
+        and expert.diffusion == first.diffusion
+        and expert.grid == first.grid
+        and expert.normalisation == first.normalisation
+        and expert.network.in_channels == first.network.in_channels
+        and expert.network.out_channels == first.network.out_channels
+    )
+    if not same:
+        raise CheckpointError(
+            f"the expert of {name} was trained for another grid, modality or diffusion than its first stage"
+        )
+
+
+def _expert_config(section: Any, first: ModelConfig, name: str) -> ModelConfig:
+    """The validated configuration of a first stage's expert for its last steps."""
+    config = _section_config(section, name, "expert for the last steps")
+    check_expert(config, first, name)
+    return config
+
+
+def expert_of(payload: dict[str, Any], first: ModelConfig, name: str) -> ModelConfig | None:
+    """The expert's configuration when the checkpoint holds one, else None."""
+    return _expert_config(payload["expert"], first, name) if "expert" in payload else None
 
 
 def refiner_of(payload: dict[str, Any], first: ModelConfig, name: str) -> ModelConfig | None:
@@ -314,59 +366,102 @@ def stage_weights(path: str | os.PathLike, stage: str) -> tuple[ModelConfig, dic
     return config, payload["weights"]
 
 
+def _network(config: ModelConfig, weights: dict[str, torch.Tensor], name: str, what: str) -> OutpaintUNet:
+    network = OutpaintUNet(config.network, config.diffusion)
+    try:
+        # Float16-stored weights are cast into the float32 parameters here.
+        network.load_state_dict(weights, strict=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise CheckpointError(
+            f"the {what} in {name} do not match the network its configuration describes ({first[:160]})"
+        ) from None
+    return network.eval()
+
+
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> LoadedModel:
     """Load a checkpoint for inference: validated config, network in eval mode on ``device``."""
     path = Path(path)
     config, payload = read_checkpoint(path)
-    network = OutpaintUNet(config.network, config.diffusion)
-    try:
-        network.load_state_dict(payload["weights"], strict=True)
-    except RuntimeError as error:
-        first = str(error).splitlines()[0]
-        raise CheckpointError(
-            f"the weights in {path.name} do not match the network its configuration describes ({first[:160]})"
-        ) from None
-    network.eval().to(device)
+    network = _network(config, payload["weights"], path.name, "weights").to(device)
     if config.stage == "refine":
         raise CheckpointError(
             f"{path.name} is only the refine stage of a cascade; join it to a first stage with "
             "'powdr-outpaint cascade' and sample with the joined file"
         )
-    refiner = None
+    if config.training.max_timestep:
+        raise CheckpointError(
+            f"{path.name} is only an expert for the last {config.training.max_timestep} denoising steps; add it "
+            "to a first stage with 'powdr-outpaint cascade --expert' and sample with the joined file"
+        )
+    refiner = expert = None
     refiner_config = refiner_of(payload, config, path.name)
     if refiner_config is not None:
-        refiner_network = OutpaintUNet(refiner_config.network, refiner_config.diffusion)
-        try:
-            refiner_network.load_state_dict(payload["refiner"]["weights"], strict=True)
-        except RuntimeError as error:
-            first = str(error).splitlines()[0]
-            raise CheckpointError(f"the refine stage's weights in {path.name} do not match its network ({first[:160]})") from None
-        refiner = LoadedModel(
-            config=refiner_config, network=refiner_network.eval().to(device), sha256="", path=path, extra={}
-        )
-    extra = {k: v for k, v in payload.items() if k not in ("weights", "config", "format", "refiner")}
+        refiner_network = _network(refiner_config, payload["refiner"]["weights"], path.name, "refine stage's weights")
+        refiner = LoadedModel(config=refiner_config, network=refiner_network.to(device), sha256="", path=path, extra={})
+    expert_config = expert_of(payload, config, path.name)
+    if expert_config is not None:
+        expert_network = _network(expert_config, payload["expert"]["weights"], path.name, "expert's weights")
+        expert = LoadedModel(config=expert_config, network=expert_network.to(device), sha256="", path=path, extra={})
+    extra = {k: v for k, v in payload.items() if k not in ("weights", "config", "format", "refiner", "expert")}
     return LoadedModel(
-        config=config, network=network, sha256=file_sha256(path), path=path, extra=extra, refiner=refiner
+        config=config, network=network, sha256=file_sha256(path), path=path, extra=extra, refiner=refiner,
+        expert=expert,
     )
 
 
-def save_cascade(first_path: str | os.PathLike, refine_path: str | os.PathLike, path: str | os.PathLike) -> Path:
-    """Join a first stage and a refine stage into one sampling checkpoint (no training state).
+WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
-    Either file may itself be a cascade: its first, or its refine, stage is taken, so one stage
-    of a cascade can be replaced by a newly trained one.
+
+def stored_weights(weights: dict[str, torch.Tensor], dtype: str = "fp32") -> dict[str, torch.Tensor]:
+    """CPU copies of ``weights``, floating-point ones in ``dtype`` ("fp32" or "fp16")."""
+    target = WEIGHT_DTYPES[dtype]
+    return {
+        k: v.detach().to("cpu", dtype=target if v.is_floating_point() else v.dtype).clone()
+        for k, v in weights.items()
+    }
+
+
+def save_cascade(
+    first_path: str | os.PathLike,
+    refine_path: str | os.PathLike | None,
+    path: str | os.PathLike,
+    expert_path: str | os.PathLike | None = None,
+    weights: str = "fp32",
+) -> Path:
+    """Join a first stage with a refine stage and/or an expert for its last steps into one
+    sampling checkpoint (no training state).
+
+    Either stage file may itself be a cascade: its first, or its refine, stage is taken, so one
+    stage of a cascade can be replaced by a newly trained one. The expert (trained with
+    ``--max-timestep``) comes from ``expert_path``. A stage not given is kept from the first file
+    when it holds one. ``weights`` "fp16" stores every weight in half precision (half the file).
     """
     first, first_weights = stage_weights(first_path, "outpaint")
-    refine, refine_weights = stage_weights(refine_path, "refine")
-    if refine.modality != first.modality:
+    if first.training.max_timestep:
         raise CheckpointError(
-            f"the first stage was trained on {first.modality} and the refine stage on {refine.modality}"
+            f"{Path(first_path).name} is an expert for the last steps, not a whole first stage; give it as --expert"
         )
-    refiner = {
-        "config": refine.to_json(),
-        "weights": {k: v.detach().to("cpu").clone() for k, v in refine_weights.items()},
-    }
-    return save_checkpoint(path, first, first_weights, {"refiner": refiner})
+    _, first_payload = read_checkpoint(first_path)
+    extra: dict[str, Any] = {}
+    if refine_path is not None:
+        refine, refine_weights = stage_weights(refine_path, "refine")
+        if refine.modality != first.modality:
+            raise CheckpointError(
+                f"the first stage was trained on {first.modality} and the refine stage on {refine.modality}"
+            )
+        extra["refiner"] = {"config": refine.to_json(), "weights": stored_weights(refine_weights, weights)}
+    if expert_path is not None:
+        expert, expert_weights = stage_weights(expert_path, "outpaint")
+        check_expert(expert, first, Path(expert_path).name)
+        extra["expert"] = {"config": expert.to_json(), "weights": stored_weights(expert_weights, weights)}
+    for name in ("refiner", "expert"):
+        if name not in extra and name in first_payload:
+            section = first_payload[name]
+            extra[name] = {"config": section["config"], "weights": stored_weights(section["weights"], weights)}
+    if not extra:
+        raise CheckpointError("a cascade needs a refine stage, an expert for the last steps, or both")
+    return save_checkpoint(path, first, first_weights, extra, weights_dtype=weights)
 
 
 def atomic_torch_save(payload: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -387,13 +482,17 @@ def save_checkpoint(
     config: ModelConfig,
     weights: dict[str, torch.Tensor],
     extra: dict[str, Any] | None = None,
+    weights_dtype: str = "fp32",
 ) -> Path:
-    """Write a checkpoint atomically. ``extra`` may hold plain training state."""
+    """Write a checkpoint atomically. ``extra`` may hold plain training state.
+
+    ``weights_dtype`` "fp16" stores the (floating-point) weights in half precision.
+    """
     config.validate()
     payload: dict[str, Any] = {
         "format": FORMAT,
         "config": config.to_json(),
-        "weights": {k: v.detach().to("cpu").clone() for k, v in weights.items()},
+        "weights": stored_weights(weights, weights_dtype),
     }
     if extra:
         payload.update(extra)

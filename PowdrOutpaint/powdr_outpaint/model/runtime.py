@@ -146,3 +146,27 @@ class FastForward:
         with torch.inference_mode(), self._autocast():
             out = self._call(x, t.to(self.device))
         return out.float().contiguous()
+
+
+class ExpertRouting:
+    """``ExpertRouting(main, expert, below)(x, t)``: the expert's prediction where t < below, else main's.
+
+    A first stage with an expert for its last steps: the expert was trained only on timesteps
+    below ``below`` (the nearly clean end of the chain, where the detail is drawn) and stands in
+    for the whole-range network there. Both are callables (x (B, C, ...), t (B,)) -> x0.
+    """
+
+    def __init__(self, main, expert, below: int):
+        self.main, self.expert, self.below = main, expert, int(below)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        late = t < self.below
+        if bool(late.all()):
+            return self.expert(x, t)
+        if not bool(late.any()):
+            return self.main(x, t)
+        out = self.main(x[~late], t[~late])
+        merged = torch.empty((x.shape[0], *out.shape[1:]), dtype=out.dtype, device=out.device)
+        merged[~late] = out
+        merged[late] = self.expert(x[late], t[late])
+        return merged

@@ -35,7 +35,7 @@ from ..imaging.preprocess import (
 from ..imaging.volume_io import Volume, load_volume, save_nifti, stem_of
 from ..model.checkpoint import LoadedModel, load_model
 from ..model.diffusion import Schedule
-from ..model.runtime import FastForward, emulated_bf16_warning, resolve_device
+from ..model.runtime import ExpertRouting, FastForward, emulated_bf16_warning, resolve_device
 from ..model.samplers import SAMPLERS, Sampler
 from ..model.transforms import SUBBANDS, clip_in_image_space, make_condition, wavelet_to_image
 from ..progress import Progress
@@ -72,6 +72,7 @@ class OutpaintOptions:
     refine_sampler: str = "dpm++2m"
     refine_tiling: str = "whole"  # whole grid in one pass, or overlapping blocks of the training patch
     tissue_level: str = "input"
+    expert: bool = True  # hand a first stage's last steps to the expert the checkpoint may hold
 
     def validate(self) -> None:
         if self.samples < 1:
@@ -305,6 +306,11 @@ def iter_samples(
     lll = config.normalisation.lll_scale
     sampler = Sampler(Schedule.from_config(config.diffusion), options.sampler, options.steps, options.eta)
     forward = FastForward(case.model.network, device, options.precision)
+    expert = case.model.expert if options.expert else None
+    if expert is not None:
+        forward = ExpertRouting(
+            forward, FastForward(expert.network, device, options.precision), expert.config.training.max_timestep
+        )
     image = torch.from_numpy(case.model_images)[None].to(device)
     lesion = torch.from_numpy(case.prepared.model_lesion)[None, None].to(device)
     condition_one = make_condition(image, lesion, lll)
@@ -491,6 +497,8 @@ def run_outpaint(
         "checkpoint": str(Path(checkpoint_path).resolve()),
         "checkpoint_sha256": model.sha256,
         "config": json.loads(model.config.to_json()),
+        # What ran: below this timestep the first stage's expert predicted x0 (0: no expert).
+        "expert_below": model.expert.config.training.max_timestep if model.expert and options.expert else 0,
         "options": asdict(options),
         "device": str(device),
         "precision": FastForward.resolve(options.precision, device),

@@ -35,7 +35,15 @@ from ..model.network import OutpaintUNet
 from ..model.presets import get_preset
 from ..model.runtime import FastForward, auto_precision, emulated_bf16_warning
 from ..model.samplers import Sampler
-from ..model.transforms import coarse_of, condition_image, degrade_coarse, image_to_wavelet, make_condition
+from ..model.transforms import (
+    clip_in_image_space,
+    coarse_of,
+    condition_image,
+    degrade_coarse,
+    image_to_wavelet,
+    make_condition,
+    wavelet_to_image,
+)
 from ..outpainting.outpaint import denoise, sample_generator
 from .data import CachedCase, CaseStore, PrepareSettings, SkippedCase, discover_cases, prepare_all, split_sequences
 from .distributed import DistributedContext, setup
@@ -76,6 +84,7 @@ class RunSettings:
     augment: float = 0.0
     input_skip: bool = False
     low_noise_weight: float = 0.0
+    max_timestep: int = 0  # 0: every timestep; N: only t < N (an expert for the last steps)
 
 
 @dataclass
@@ -100,6 +109,7 @@ class TrainOptions:
     augment: float | None = None
     input_skip: bool | None = None
     low_noise_weight: float | None = None
+    max_timestep: int | None = None
     init_from: str | None = None
     iterations: int = 200_000
     save_every: int = 1000
@@ -133,6 +143,7 @@ class TrainOptions:
             (self.augment is None or 0.0 <= self.augment <= 1.0, "--augment must lie in [0, 1]"),
             (self.low_noise_weight is None or self.low_noise_weight == 0 or self.low_noise_weight >= 1,
              "--low-noise-weight must be 0 (off) or at least 1"),
+            (self.max_timestep is None or self.max_timestep >= 0, "--max-timestep must be 0 (all) or more"),
             (self.workers is None or self.workers >= 0, "--workers must be 0 or more"),
             (self.threads is None or self.threads >= 1, "--threads must be at least 1"),
             (self.condition is None or self.condition in CONDITIONS,
@@ -166,6 +177,7 @@ def resolve_settings(options: TrainOptions, stored: dict[str, Any] | None) -> Ru
         "augment": options.augment,
         "input_skip": options.input_skip,
         "low_noise_weight": options.low_noise_weight,
+        "max_timestep": options.max_timestep,
     }
     if stored is not None:
         settings = RunSettings(**{f.name: stored[f.name] for f in fields(RunSettings) if f.name in stored})
@@ -206,6 +218,7 @@ def resolve_settings(options: TrainOptions, stored: dict[str, Any] | None) -> Ru
         augment=preset.training.augment if options.augment is None else options.augment,
         input_skip=bool(options.input_skip),
         low_noise_weight=options.low_noise_weight or 0.0,
+        max_timestep=options.max_timestep or 0,
     )
 
 
@@ -325,6 +338,12 @@ class Trainer:
             self.config.validate()
         except ValueError as error:
             raise PowdrError(f"--preset {settings.preset} with --modality {settings.modality}: {error}") from None
+        timesteps = self.config.diffusion.timesteps
+        if settings.max_timestep > timesteps:
+            raise PowdrError(f"--max-timestep {settings.max_timestep} exceeds the {timesteps} timesteps of the diffusion")
+        if settings.max_timestep and self.config.stage != "outpaint":
+            raise PowdrError("--max-timestep trains an expert for a first stage; the refine preset has none")
+        self.timestep_limit = settings.max_timestep or timesteps
         self.workers = options.workers if options.workers is not None else (2 if self.device.type == "cuda" else 0)
         if self.main:
             out.mkdir(parents=True, exist_ok=True)
@@ -437,6 +456,7 @@ class Trainer:
             dilate=settings.dilate,
             p_random=settings.p_random,
             data=f"{Path(self.data).name}: {len(self.names)} cases ({settings.modality})",
+            max_timestep=settings.max_timestep,
         ))
 
     def save(self, step: int) -> Path:
@@ -486,16 +506,36 @@ class Trainer:
             condition = torch.cat([condition, coarse_of(image)], dim=1)
         sampler = Sampler(self.schedule, "ddim", min(self.options.preview_steps, self.config.diffusion.timesteps))
         generators = [sample_generator(self.settings.seed, 0, device)]
-        sample = denoise(forward, condition, sampler, generators, self.lll, sequences=image.shape[1])
+        title = f"step {step}  case {case.name}"
+        if self.settings.max_timestep:
+            # An expert knows only the last steps: it finishes the held-out case itself, noised
+            # to the first kept timestep below its limit.
+            sample, start = self._expert_preview(forward, image, condition, sampler, generators[0])
+            title += f"  (expert: from the case noised to t = {start})"
+        else:
+            sample = denoise(forward, condition, sampler, generators, self.lll, sequences=image.shape[1])
         # The first sequence is shown; it is the one a single-sequence model has.
         picture = render_preview(
             condition_image(image, lesion)[0, 0].float().cpu().numpy(),
             sample[0, 0].float().cpu().numpy(),
             image[0, 0].float().cpu().numpy(),
             case.lesion,
-            title=f"step {step}  case {case.name}",
+            title=title,
         )
         return save_preview(self.out / f"preview_{step:07d}.png", picture)
+
+    def _expert_preview(self, forward, image, condition, sampler, generator) -> tuple[torch.Tensor, int]:
+        """(B, S, X, Y, Z) images: ``image`` noised to the expert's first step, then denoised; and that t."""
+        indices = [i for i in sampler.indices() if sampler.model_timestep(i) < self.settings.max_timestep]
+        start = sampler.model_timestep(indices[0])
+        target = image_to_wavelet(image, self.lll)
+        noise = torch.randn(target.shape[1:], generator=generator, device=target.device)[None]
+        x = self.schedule.q_sample(target, torch.tensor([start], device=target.device), noise)
+        for index in indices:
+            t = torch.full((1,), sampler.model_timestep(index), device=x.device, dtype=torch.long)
+            x0 = clip_in_image_space(forward(torch.cat([x, condition], dim=1), t), self.lll)
+            x = sampler.step(x, index, x0, None)
+        return wavelet_to_image(x, self.lll).clamp_(-1.0, 1.0), start
 
     # ------------------------------------------------------------------ loop
 
@@ -506,7 +546,7 @@ class Trainer:
         mask = mask.to(device, non_blocking=True)
         generator = torch.Generator(device=device)
         generator.manual_seed(stream_seed(settings.seed, step, self.context.rank, STREAM_NOISE))
-        t = torch.randint(0, self.config.diffusion.timesteps, (image.shape[0],), generator=generator, device=device)
+        t = torch.randint(0, self.timestep_limit, (image.shape[0],), generator=generator, device=device)
         with torch.no_grad():
             target = image_to_wavelet(image, self.lll)
             condition = make_condition(image, mask, self.lll)
