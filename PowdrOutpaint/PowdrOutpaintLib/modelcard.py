@@ -156,7 +156,8 @@ def _stageCard(configText, weights, name: str) -> dict:
         "sequences": parts,  # the sequences the model makes together, in channel order
         "grid": {"shape": [int(value) for value in grid["shape"]],
                  "spacing_mm": [float(value) for value in grid["spacing"]]},
-        "training": dict(training),
+        # An expert's limit only; 0 (every timestep) is left out, as older files have no such field.
+        "training": {key: value for key, value in training.items() if key != "max_timestep" or value},
         "network": {
             "base_channels": network.get("base_channels"),
             "channel_mult": list(network.get("channel_mult") or []),

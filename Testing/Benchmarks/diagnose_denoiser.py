@@ -17,7 +17,12 @@ With ``--chain N`` it also draws N first-stage samples with the ``sample`` defau
 refine stage left out) and reports their ``background_pct``: the RMS, over model voxels at
 least 5 voxels (18 mm on the demo grid) from the case's head, of the sample's distance from
 the background value, in % of the intensity range (0 for a clean background; the sampling
-chain's leftover noise shows here first).
+chain's leftover noise shows here first), and their ``sample_detail_energy``: the detail
+subbands' mean square over the brain outside the lesion, over the real image's (under 1 for
+samples smoother than a real brain on this grid).
+
+A checkpoint with an expert for the last steps (``cascade --expert``) is measured with it,
+timesteps below its limit going to the expert; ``--no-expert`` leaves it out.
 
 Usage:
     python Testing/Benchmarks/diagnose_denoiser.py --checkpoint CKPT \\
@@ -36,7 +41,7 @@ from scipy import ndimage
 
 from powdr_outpaint.model.checkpoint import load_model
 from powdr_outpaint.model.diffusion import Schedule
-from powdr_outpaint.model.runtime import FastForward
+from powdr_outpaint.model.runtime import ExpertRouting, FastForward
 from powdr_outpaint.model.transforms import image_to_wavelet, make_condition
 from powdr_outpaint.outpainting.outpaint import OutpaintOptions, iter_samples, load_case
 from powdr_outpaint.progress import Progress
@@ -49,6 +54,8 @@ def main() -> None:
     parser.add_argument("--timesteps", default="0,5,25,50,100,200,400,700")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--chain", type=int, default=0, metavar="N", help="also draw N first-stage samples")
+    parser.add_argument("--no-expert", action="store_true",
+                        help="leave out the expert for the last steps the checkpoint may hold")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -57,6 +64,12 @@ def main() -> None:
     lll = model.config.normalisation.lll_scale
     schedule = Schedule.from_config(model.config.diffusion)
     forward = FastForward(model.network, torch.device("cpu"), args.precision)
+    if args.no_expert:
+        model.expert = None
+    if model.expert is not None:
+        below = model.expert.config.training.max_timestep
+        forward = ExpertRouting(forward, FastForward(model.expert.network, torch.device("cpu"), args.precision), below)
+        print(f"timesteps below {below} go to the checkpoint's expert")
     results: dict[str, list[dict[str, float]]] = {}
     for folder in map(Path, args.cases):
         case = load_case(folder / f"{folder.name}_t1.nii.gz", folder / f"{folder.name}_seg.nii.gz", model, None)
@@ -93,16 +106,19 @@ def main() -> None:
                   f"detail err {row['detail_err']:.3f} (naive {row['detail_naive']:.3f})  "
                   f"detail energy {row['detail_energy']:.3f}", flush=True)
         if args.chain:
-            rows.append({"background_pct": chain_background(case, args.chain, args.precision)})
-            print(f"  background of {args.chain} first-stage samples: "
-                  f"{rows[-1]['background_pct']:.2f} % of the intensity range (RMS)", flush=True)
+            background, energy = chain_figures(case, args.chain, args.precision, region, truth)
+            rows.append({"background_pct": background, "sample_detail_energy": energy})
+            print(f"  {args.chain} first-stage samples: background {background:.2f} % of the intensity range (RMS), "
+                  f"detail energy {energy:.3f} of the real image's", flush=True)
         results[folder.name] = rows
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 
 
-def chain_background(case, samples: int, precision: str) -> float:
-    """RMS distance from the background value, far from the head, of first-stage samples (%)."""
+def chain_figures(case, samples: int, precision: str, region: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
+    """Of first-stage samples: the RMS distance from the background value far from the head
+    (% of the range), and the mean square of their detail subbands over ``region`` (brain
+    outside the lesion, wavelet grid) over the real image's (``truth``, (8, N))."""
     head = case.model_images[0] > -0.98
     far = ~ndimage.binary_dilation(head, iterations=5)
     refiner, case.model.refiner = case.model.refiner, None
@@ -113,7 +129,11 @@ def chain_background(case, samples: int, precision: str) -> float:
     finally:
         case.model.refiner = refiner
     # [-1, 1] images: half the distance from -1 is the fraction of the range.
-    return float(100 * np.sqrt(np.mean([np.mean(((image[far] + 1.0) / 2.0) ** 2) for image in images])))
+    background = float(100 * np.sqrt(np.mean([np.mean(((image[far] + 1.0) / 2.0) ** 2) for image in images])))
+    lll = case.model.config.normalisation.lll_scale
+    details = [image_to_wavelet(torch.from_numpy(image)[None, None], lll)[0][1:, region] for image in images]
+    energy = float(np.mean([float(d.pow(2).mean()) for d in details]) / float(truth[1:].pow(2).mean()))
+    return background, energy
 
 
 if __name__ == "__main__":

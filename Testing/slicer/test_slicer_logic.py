@@ -415,13 +415,18 @@ def runBlocked(blocked: set[str], code: str, *arguments: str) -> "subprocess.Com
 
 
 def test_model_card_needs_no_torch_and_matches_the_engine(tinyCheckpoint, tmp_path):
-    from powdr_outpaint.model.checkpoint import initial_checkpoint, save_cascade
+    from powdr_outpaint.model.checkpoint import (
+        initial_checkpoint, read_checkpoint, save_cascade, save_checkpoint, with_training)
     from PowdrOutpaintLib import defaultCheckpointPath
     from PowdrOutpaintLib.modelcard import formatModelCard
 
     refine = initial_checkpoint(tmp_path / "refine.pt", "tiny-refine")
     cascade = save_cascade(tinyCheckpoint, refine, tmp_path / "cascade.pt")
-    checkpoints = [str(tinyCheckpoint), defaultCheckpointPath(), str(cascade)]
+    config, payload = read_checkpoint(tinyCheckpoint)
+    expert = save_checkpoint(tmp_path / "expert.pt", with_training(config, max_timestep=100), payload["weights"])
+    # Three stages, stored in half precision: the torch-free reader sees other storages.
+    withExpert = save_cascade(cascade, None, tmp_path / "expert_fp16.pt", expert_path=expert, weights="fp16")
+    checkpoints = [str(tinyCheckpoint), defaultCheckpointPath(), str(cascade), str(withExpert)]
     completed = runBlocked({"torch"}, "import json\nfrom PowdrOutpaintLib.modelcard import readModelCard\n"
                                       "print(json.dumps([readModelCard(path) for path in sys.argv[1:]]))",
                            *checkpoints)
@@ -433,9 +438,13 @@ def test_model_card_needs_no_torch_and_matches_the_engine(tinyCheckpoint, tmp_pa
         assert engine.returncode == 0, engine.stderr
         assert card == json.loads(engine.stdout.strip().splitlines()[-1])
     # A cascade's card names its detail stage, and the parameters count both stages.
-    text = formatModelCard(cards[-1])
+    text = formatModelCard(cards[2])
     assert "Detail stage: 3.6 mm grid" in text
-    assert f"{(cards[-1]['parameters'] + cards[-1]['refine']['parameters']) / 1e6:.2f} M" in text
+    assert f"{(cards[2]['parameters'] + cards[2]['refine']['parameters']) / 1e6:.2f} M" in text
+    text = formatModelCard(cards[3])
+    assert "Last-steps expert: timesteps below 100" in text
+    total = cards[3]["parameters"] + cards[3]["refine"]["parameters"] + cards[3]["expert"]["parameters"]
+    assert f"Parameters: {total / 1e6:.2f} M" in text
 
 
 def test_model_card_refuses_code_and_damaged_files(tinyCheckpoint, tmp_path):

@@ -185,7 +185,8 @@ class ModelConfig:
             "modality": self.modality,
             "sequences": list(self.sequences),
             "grid": {"shape": list(self.grid.shape), "spacing_mm": list(self.grid.spacing)},
-            "training": asdict(self.training),
+            # An expert's limit only; 0 (every timestep) is left out, as older files have no such field.
+            "training": {k: v for k, v in asdict(self.training).items() if k != "max_timestep" or v},
             "network": {
                 "base_channels": self.network.base_channels,
                 "channel_mult": list(self.network.channel_mult),
