@@ -41,9 +41,8 @@ from scipy import ndimage
 
 from powdr_outpaint.model.checkpoint import load_model
 from powdr_outpaint.model.diffusion import Schedule
-from powdr_outpaint.model.runtime import ExpertRouting, FastForward
 from powdr_outpaint.model.transforms import image_to_wavelet, make_condition
-from powdr_outpaint.outpainting.outpaint import OutpaintOptions, iter_samples, load_case
+from powdr_outpaint.outpainting.outpaint import OutpaintOptions, first_stage_forward, iter_samples, load_case
 from powdr_outpaint.progress import Progress
 
 
@@ -63,13 +62,11 @@ def main() -> None:
     model = load_model(args.checkpoint, "cpu")
     lll = model.config.normalisation.lll_scale
     schedule = Schedule.from_config(model.config.diffusion)
-    forward = FastForward(model.network, torch.device("cpu"), args.precision)
     if args.no_expert:
-        model.expert = None
+        model.expert = None  # also for the --chain samples
+    forward = first_stage_forward(model, torch.device("cpu"), args.precision)
     if model.expert is not None:
-        below = model.expert.config.training.max_timestep
-        forward = ExpertRouting(forward, FastForward(model.expert.network, torch.device("cpu"), args.precision), below)
-        print(f"timesteps below {below} go to the checkpoint's expert")
+        print(f"timesteps below {model.expert.config.training.max_timestep} go to the checkpoint's expert")
     results: dict[str, list[dict[str, float]]] = {}
     for folder in map(Path, args.cases):
         case = load_case(folder / f"{folder.name}_t1.nii.gz", folder / f"{folder.name}_seg.nii.gz", model, None)

@@ -15,7 +15,7 @@ from ..model.checkpoint import (
     refiner_of,
     save_cascade,
     save_checkpoint,
-    stored_weights,
+    stored_section,
 )
 from ..model.network import OutpaintUNet, count_parameters
 from ..model.presets import PRESETS
@@ -106,11 +106,7 @@ def strip_checkpoint(source: str | Path, destination: str | Path, weights: str =
     if destination.exists() and destination.resolve() == source.resolve():
         raise PowdrError("--out must differ from --checkpoint; the training checkpoint is kept as it is")
     config, payload = read_checkpoint(source)
-    kept = {
-        name: {"config": payload[name]["config"], "weights": stored_weights(payload[name]["weights"], weights)}
-        for name in ("refiner", "expert")
-        if name in payload
-    }
+    kept = {name: stored_section(payload[name], weights) for name in ("refiner", "expert") if name in payload}
     return save_checkpoint(destination, config, payload["weights"], kept or None, weights_dtype=weights)
 
 

@@ -352,8 +352,14 @@ def stage_weights(path: str | os.PathLike, stage: str) -> tuple[ModelConfig, dic
     A cascade holds both stages; a single-stage file holds one. Raises CheckpointError with one
     sentence when the file holds no such stage.
     """
-    name = Path(path).name
     config, payload = read_checkpoint(path)
+    return _stage_of(config, payload, stage, Path(path).name)
+
+
+def _stage_of(
+    config: ModelConfig, payload: dict[str, Any], stage: str, name: str
+) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """:func:`stage_weights` of a checkpoint already read."""
     if stage == "refine" and config.stage != "refine":
         refiner = refiner_of(payload, config, name)
         if refiner is None:
@@ -423,6 +429,11 @@ def stored_weights(weights: dict[str, torch.Tensor], dtype: str = "fp32") -> dic
     }
 
 
+def stored_section(section: dict[str, Any], dtype: str = "fp32") -> dict[str, Any]:
+    """A copy of a checkpoint's stage section ("refiner" or "expert") with its weights in ``dtype``."""
+    return {"config": section["config"], "weights": stored_weights(section["weights"], dtype)}
+
+
 def save_cascade(
     first_path: str | os.PathLike,
     refine_path: str | os.PathLike | None,
@@ -438,12 +449,12 @@ def save_cascade(
     ``--max-timestep``) comes from ``expert_path``. A stage not given is kept from the first file
     when it holds one. ``weights`` "fp16" stores every weight in half precision (half the file).
     """
-    first, first_weights = stage_weights(first_path, "outpaint")
+    config, first_payload = read_checkpoint(first_path)
+    first, first_weights = _stage_of(config, first_payload, "outpaint", Path(first_path).name)
     if first.training.max_timestep:
         raise CheckpointError(
             f"{Path(first_path).name} is an expert for the last steps, not a whole first stage; give it as --expert"
         )
-    _, first_payload = read_checkpoint(first_path)
     extra: dict[str, Any] = {}
     if refine_path is not None:
         refine, refine_weights = stage_weights(refine_path, "refine")
@@ -458,8 +469,7 @@ def save_cascade(
         extra["expert"] = {"config": expert.to_json(), "weights": stored_weights(expert_weights, weights)}
     for name in ("refiner", "expert"):
         if name not in extra and name in first_payload:
-            section = first_payload[name]
-            extra[name] = {"config": section["config"], "weights": stored_weights(section["weights"], weights)}
+            extra[name] = stored_section(first_payload[name], weights)
     if not extra:
         raise CheckpointError("a cascade needs a refine stage, an expert for the last steps, or both")
     return save_checkpoint(path, first, first_weights, extra, weights_dtype=weights)

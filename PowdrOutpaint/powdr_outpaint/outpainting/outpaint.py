@@ -294,6 +294,16 @@ def _versions() -> dict[str, str]:
     }
 
 
+def first_stage_forward(model: LoadedModel, device: torch.device, precision: str, expert: bool = True):
+    """The first stage's x0 prediction (x, t) -> x0, its expert's below the expert's limit
+    when the model holds one and ``expert`` is true."""
+    forward = FastForward(model.network, device, precision)
+    if not expert or model.expert is None:
+        return forward
+    below = model.expert.config.training.max_timestep
+    return ExpertRouting(forward, FastForward(model.expert.network, device, precision), below)
+
+
 def iter_samples(
     case: CaseInputs,
     options: OutpaintOptions,
@@ -305,12 +315,7 @@ def iter_samples(
     config = case.model.config
     lll = config.normalisation.lll_scale
     sampler = Sampler(Schedule.from_config(config.diffusion), options.sampler, options.steps, options.eta)
-    forward = FastForward(case.model.network, device, options.precision)
-    expert = case.model.expert if options.expert else None
-    if expert is not None:
-        forward = ExpertRouting(
-            forward, FastForward(expert.network, device, options.precision), expert.config.training.max_timestep
-        )
+    forward = first_stage_forward(case.model, device, options.precision, options.expert)
     image = torch.from_numpy(case.model_images)[None].to(device)
     lesion = torch.from_numpy(case.prepared.model_lesion)[None, None].to(device)
     condition_one = make_condition(image, lesion, lll)
