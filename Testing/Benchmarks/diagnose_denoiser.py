@@ -55,6 +55,8 @@ def main() -> None:
     parser.add_argument("--chain", type=int, default=0, metavar="N", help="also draw N first-stage samples")
     parser.add_argument("--no-expert", action="store_true",
                         help="leave out the expert for the last steps the checkpoint may hold")
+    parser.add_argument("--free-outline", action="store_true",
+                        help="let the expert draw the air around the head too (no whole-range outline)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -64,7 +66,7 @@ def main() -> None:
     schedule = Schedule.from_config(model.config.diffusion)
     if args.no_expert:
         model.expert = None  # also for the --chain samples
-    forward = first_stage_forward(model, torch.device("cpu"), args.precision)
+    forward = first_stage_forward(model, torch.device("cpu"), args.precision, keep_outline=not args.free_outline)
     if model.expert is not None:
         print(f"timesteps below {model.expert.config.training.max_timestep} go to the checkpoint's expert")
     results: dict[str, list[dict[str, float]]] = {}
@@ -103,7 +105,7 @@ def main() -> None:
                   f"detail err {row['detail_err']:.3f} (naive {row['detail_naive']:.3f})  "
                   f"detail energy {row['detail_energy']:.3f}", flush=True)
         if args.chain:
-            background, energy = chain_figures(case, args.chain, args.precision, region, truth)
+            background, energy = chain_figures(case, args.chain, args.precision, region, truth, not args.free_outline)
             rows.append({"background_pct": background, "sample_detail_energy": energy})
             print(f"  {args.chain} first-stage samples: background {background:.2f} % of the intensity range (RMS), "
                   f"detail energy {energy:.3f} of the real image's", flush=True)
@@ -112,7 +114,9 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(results, indent=1))
 
 
-def chain_figures(case, samples: int, precision: str, region: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
+def chain_figures(
+    case, samples: int, precision: str, region: torch.Tensor, truth: torch.Tensor, outline: bool = True
+) -> tuple[float, float]:
     """Of first-stage samples: the RMS distance from the background value far from the head
     (% of the range), and the mean square of their detail subbands over ``region`` (brain
     outside the lesion, wavelet grid) over the real image's (``truth``, (8, N))."""
@@ -121,7 +125,7 @@ def chain_figures(case, samples: int, precision: str, region: torch.Tensor, trut
     refiner, case.model.refiner = case.model.refiner, None
     try:
         images = [image[0] for _, image in iter_samples(
-            case, OutpaintOptions(samples=samples, precision=precision), torch.device("cpu"), Progress("none"), []
+            case, OutpaintOptions(samples=samples, precision=precision, expert_outline=outline), torch.device("cpu"), Progress("none"), []
         )]
     finally:
         case.model.refiner = refiner

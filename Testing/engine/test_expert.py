@@ -10,6 +10,7 @@ rounding.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 from dataclasses import replace
@@ -33,6 +34,8 @@ from powdr_outpaint.model.checkpoint import (
 )
 from powdr_outpaint.model.diffusion import Schedule
 from powdr_outpaint.model.runtime import ExpertRouting
+from powdr_outpaint.model.transforms import image_to_wavelet, wavelet_to_image
+from powdr_outpaint.outpainting.cascade import keep_main_background
 from powdr_outpaint.training.train import train
 
 
@@ -70,6 +73,36 @@ def test_routing_hands_exactly_the_timesteps_below_the_limit_to_the_expert():
     route(x, torch.full((4,), 199))
     route(x, torch.full((4,), 200))
     assert calls == [("expert", [199] * 4), ("main", [200] * 4)]
+
+
+def test_on_the_expert_steps_the_air_stays_where_the_whole_range_network_put_it():
+    """The expert draws inside the head only; the whole-range network's air is kept exactly,
+    and steps above the limit are the whole-range network's alone."""
+    lll = 3.0
+    head = torch.full((1, 1, 8, 8, 8), -1.0)
+    head[..., 2:6, 2:7, 1:5] = 0.3
+    drawn = torch.rand((1, 1, 8, 8, 8), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    calls: list[str] = []
+
+    def network(name: str, image: torch.Tensor):
+        def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            calls.append(name)
+            return image_to_wavelet(image, lll).expand(x.shape[0], -1, -1, -1, -1)
+
+        return call
+
+    route = ExpertRouting(network("main", head), network("expert", drawn), below=200,
+                          merge=functools.partial(keep_main_background, lll_scale=lll))
+    late = wavelet_to_image(route(torch.zeros((2, 16, 4, 4, 4)), torch.tensor([10, 10])), lll)
+    air = (head <= -0.99).expand_as(late)
+    assert air.any() and (~air).any()
+    torch.testing.assert_close(late[air], torch.full((int(air.sum()),), -1.0))
+    torch.testing.assert_close(late[~air], drawn.expand_as(late)[~air])
+    assert sorted(calls) == ["expert", "main"]
+    calls.clear()
+    early = wavelet_to_image(route(torch.zeros((2, 16, 4, 4, 4)), torch.tensor([500, 500])), lll)
+    torch.testing.assert_close(early, head.expand_as(early))
+    assert calls == ["main"]
 
 
 # ------------------------------------------------------------------ training
@@ -175,6 +208,7 @@ def test_the_expert_replaces_the_first_stage_only_on_its_steps(stages, brats_cas
     same, recorded = _sample(brats_case, save_cascade(first, None, tmp_path / "a.pt", expert_path=itself),
                              tmp_path / "same")
     assert recorded["expert_below"] == 100 and recorded["options"]["expert"] is True
+    assert recorded["expert_outline"] is True
     np.testing.assert_array_equal(same, alone)
 
     other = save_cascade(first, None, tmp_path / "b.pt", expert_path=stages["expert"])

@@ -154,19 +154,26 @@ class ExpertRouting:
     A first stage with an expert for its last steps: the expert was trained only on timesteps
     below ``below`` (the nearly clean end of the chain, where the detail is drawn) and stands in
     for the whole-range network there. Both are callables (x (B, C, ...), t (B,)) -> x0.
+
+    ``merge`` (main's x0, expert's x0) -> x0, when given, decides how the two meet on the
+    expert's steps; main then runs on those steps too (one more network call per step).
     """
 
-    def __init__(self, main, expert, below: int):
-        self.main, self.expert, self.below = main, expert, int(below)
+    def __init__(self, main, expert, below: int, merge=None):
+        self.main, self.expert, self.below, self.merge = main, expert, int(below), merge
+
+    def _late(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        drawn = self.expert(x, t)
+        return drawn if self.merge is None else self.merge(self.main(x, t), drawn)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         late = t < self.below
         if bool(late.all()):
-            return self.expert(x, t)
+            return self._late(x, t)
         if not bool(late.any()):
             return self.main(x, t)
         out = self.main(x[~late], t[~late])
         merged = torch.empty((x.shape[0], *out.shape[1:]), dtype=out.dtype, device=out.device)
         merged[~late] = out
-        merged[late] = self.expert(x[late], t[late])
+        merged[late] = self._late(x[late], t[late])
         return merged

@@ -6,6 +6,7 @@ as they are produced and summarised on the fly, so memory does not grow with N.
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import statistics
@@ -39,7 +40,7 @@ from ..model.runtime import ExpertRouting, FastForward, emulated_bf16_warning, r
 from ..model.samplers import SAMPLERS, Sampler
 from ..model.transforms import SUBBANDS, clip_in_image_space, make_condition, wavelet_to_image
 from ..progress import Progress
-from .cascade import coarse_on_fine, denoise_in_blocks, keep_first_stage_background
+from .cascade import coarse_on_fine, denoise_in_blocks, keep_first_stage_background, keep_main_background
 from .stats import RunningStats
 
 PRESERVE_MODES = ("exact", "model")
@@ -73,6 +74,7 @@ class OutpaintOptions:
     refine_tiling: str = "whole"  # whole grid in one pass, or overlapping blocks of the training patch
     tissue_level: str = "input"
     expert: bool = True  # hand a first stage's last steps to the expert the checkpoint may hold
+    expert_outline: bool = True  # the expert draws inside the whole-range network's head only
 
     def validate(self) -> None:
         if self.samples < 1:
@@ -294,14 +296,23 @@ def _versions() -> dict[str, str]:
     }
 
 
-def first_stage_forward(model: LoadedModel, device: torch.device, precision: str, expert: bool = True):
+def first_stage_forward(
+    model: LoadedModel, device: torch.device, precision: str, expert: bool = True, keep_outline: bool = True
+):
     """The first stage's x0 prediction (x, t) -> x0, its expert's below the expert's limit
-    when the model holds one and ``expert`` is true."""
+    when the model holds one and ``expert`` is true.
+
+    With ``keep_outline`` the expert draws only inside the head that the whole-range network
+    predicts at the same step (:func:`keep_main_background`): the air stays air.
+    """
     forward = FastForward(model.network, device, precision)
     if not expert or model.expert is None:
         return forward
     below = model.expert.config.training.max_timestep
-    return ExpertRouting(forward, FastForward(model.expert.network, device, precision), below)
+    merge = None
+    if keep_outline:
+        merge = functools.partial(keep_main_background, lll_scale=model.config.normalisation.lll_scale)
+    return ExpertRouting(forward, FastForward(model.expert.network, device, precision), below, merge)
 
 
 def iter_samples(
@@ -315,7 +326,7 @@ def iter_samples(
     config = case.model.config
     lll = config.normalisation.lll_scale
     sampler = Sampler(Schedule.from_config(config.diffusion), options.sampler, options.steps, options.eta)
-    forward = first_stage_forward(case.model, device, options.precision, options.expert)
+    forward = first_stage_forward(case.model, device, options.precision, options.expert, options.expert_outline)
     image = torch.from_numpy(case.model_images)[None].to(device)
     lesion = torch.from_numpy(case.prepared.model_lesion)[None, None].to(device)
     condition_one = make_condition(image, lesion, lll)
@@ -504,6 +515,8 @@ def run_outpaint(
         "config": json.loads(model.config.to_json()),
         # What ran: below this timestep the first stage's expert predicted x0 (0: no expert).
         "expert_below": model.expert.config.training.max_timestep if model.expert and options.expert else 0,
+        # ... and drew only inside the head the whole-range network predicted at the same steps.
+        "expert_outline": bool(model.expert and options.expert and options.expert_outline),
         "options": asdict(options),
         "device": str(device),
         "precision": FastForward.resolve(options.precision, device),
