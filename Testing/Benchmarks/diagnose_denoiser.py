@@ -22,7 +22,9 @@ subbands' mean square over the brain outside the lesion, over the real image's (
 samples smoother than a real brain on this grid).
 
 A checkpoint with an expert for the last steps (``cascade --expert``) is measured with it,
-timesteps below its limit going to the expert; ``--no-expert`` leaves it out.
+timesteps below its limit going to the expert (below ``--expert-below N`` only, to try a
+later hand-over), drawing inside the whole-range network's head as ``sample`` does
+(``--free-outline``: everywhere); ``--no-expert`` leaves it out.
 
 Usage:
     python Testing/Benchmarks/diagnose_denoiser.py --checkpoint CKPT \\
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +58,8 @@ def main() -> None:
     parser.add_argument("--chain", type=int, default=0, metavar="N", help="also draw N first-stage samples")
     parser.add_argument("--no-expert", action="store_true",
                         help="leave out the expert for the last steps the checkpoint may hold")
+    parser.add_argument("--expert-below", type=int, default=0, metavar="N",
+                        help="hand only the steps below N (under the expert's own limit) to the expert")
     parser.add_argument("--free-outline", action="store_true",
                         help="let the expert draw the air around the head too (no whole-range outline)")
     parser.add_argument("--json", default=None)
@@ -66,6 +71,14 @@ def main() -> None:
     schedule = Schedule.from_config(model.config.diffusion)
     if args.no_expert:
         model.expert = None  # also for the --chain samples
+    elif args.expert_below and model.expert is not None:
+        limit = model.expert.config.training.max_timestep
+        if not 0 < args.expert_below <= limit:
+            parser.error(f"--expert-below must lie in 1..{limit}, the expert's own limit")
+        # The routing reads the limit from the expert's config (also for the --chain samples).
+        model.expert.config = replace(
+            model.expert.config, training=replace(model.expert.config.training, max_timestep=args.expert_below)
+        )
     forward = first_stage_forward(model, torch.device("cpu"), args.precision, keep_outline=not args.free_outline)
     if model.expert is not None:
         print(f"timesteps below {model.expert.config.training.max_timestep} go to the checkpoint's expert")
