@@ -124,6 +124,13 @@ def readModelCard(checkpointPath: str) -> dict:
     if expert is not None:
         _require(isinstance(expert, dict), name, "expert for the last steps")
         card["expert"] = _stageCard(expert.get("config"), expert.get("weights"), name)
+    guide = payload.get("guide")
+    if guide is not None:
+        _require(isinstance(guide, dict), name, "guide")
+        weight = guide.get("weight")
+        _require(isinstance(weight, (int, float)) and not isinstance(weight, bool), name, "guidance weight")
+        card["guide"] = _stageCard(guide.get("config"), guide.get("weights"), name)
+        card["guide"]["weight"] = float(weight)
     return card
 
 
@@ -249,6 +256,13 @@ def formatModelCard(card: dict) -> str:
         lines.append(f"Last-steps expert: timesteps below {below}" + (f", {iterations} iterations" if iterations else ""))
         if isinstance(parameters, (int, float)) and isinstance(expert.get("parameters"), (int, float)):
             parameters = parameters + expert["parameters"]
+    guide = card.get("guide")
+    if isinstance(guide, dict):
+        iterations = (guide.get("training") or {}).get("iterations")
+        lines.append(f"Guided by a weaker first stage (weight {guide.get('weight'):g})"
+                     + (f", {iterations} iterations" if iterations else ""))
+        if isinstance(parameters, (int, float)) and isinstance(guide.get("parameters"), (int, float)):
+            parameters = parameters + guide["parameters"]
     if isinstance(parameters, (int, float)):
         lines.append(f"Parameters: {parameters / 1e6:.2f} M")
     if strategy == "untrained":

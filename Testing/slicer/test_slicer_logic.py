@@ -424,8 +424,10 @@ def test_model_card_needs_no_torch_and_matches_the_engine(tinyCheckpoint, tmp_pa
     cascade = save_cascade(tinyCheckpoint, refine, tmp_path / "cascade.pt")
     config, payload = read_checkpoint(tinyCheckpoint)
     expert = save_checkpoint(tmp_path / "expert.pt", with_training(config, max_timestep=100), payload["weights"])
-    # Three stages, stored in half precision: the torch-free reader sees other storages.
-    withExpert = save_cascade(cascade, None, tmp_path / "expert_fp16.pt", expert_path=expert, weights="fp16")
+    # Four networks (first, refine, expert, guide), stored in half precision: the torch-free
+    # reader sees other storages.
+    withExpert = save_cascade(cascade, None, tmp_path / "expert_fp16.pt", expert_path=expert, weights="fp16",
+                              guide_path=tinyCheckpoint, guidance=2.5)
     checkpoints = [str(tinyCheckpoint), defaultCheckpointPath(), str(cascade), str(withExpert)]
     completed = runBlocked({"torch"}, "import json\nfrom PowdrOutpaintLib.modelcard import readModelCard\n"
                                       "print(json.dumps([readModelCard(path) for path in sys.argv[1:]]))",
@@ -443,7 +445,8 @@ def test_model_card_needs_no_torch_and_matches_the_engine(tinyCheckpoint, tmp_pa
     assert f"{(cards[2]['parameters'] + cards[2]['refine']['parameters']) / 1e6:.2f} M" in text
     text = formatModelCard(cards[3])
     assert "Last-steps expert: timesteps below 100" in text
-    total = cards[3]["parameters"] + cards[3]["refine"]["parameters"] + cards[3]["expert"]["parameters"]
+    assert "Guided by a weaker first stage (weight 2.5)" in text
+    total = sum(cards[3][key]["parameters"] for key in ("refine", "expert", "guide")) + cards[3]["parameters"]
     assert f"Parameters: {total / 1e6:.2f} M" in text
 
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from ..errors import PowdrError
 from ..model.checkpoint import (
+    STAGE_SECTIONS,
     WEIGHT_DTYPES,
     expert_of,
+    guide_of,
     initial_checkpoint,
     read_checkpoint,
     refiner_of,
@@ -56,8 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=command_help("cascade"),
         description="Write one sampling checkpoint from a first stage (any outpaint preset) and a refine "
         "stage (--preset refine), an expert for the first stage's last steps (trained with --max-timestep), "
-        "or both: 'sample' then makes the anatomy with the first stage, hands its last steps to the expert "
-        "and adds detail with the refine stage. Training state is dropped.",
+        "and/or a guide (a weaker first stage for autoguidance): 'sample' then makes the anatomy with the "
+        "first stage, guided away from the guide's mistakes, hands its last steps to the expert and adds "
+        "detail with the refine stage. Training state is dropped.",
     )
     cascade.add_argument("--first", required=True, help="the first stage (e.g. a demo-preset latest.pt, or a cascade)")
     cascade.add_argument("--refine", default=None,
@@ -65,6 +68,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cascade.add_argument("--expert", default=None,
                          help="an expert for the first stage's last steps (a run trained with --max-timestep); "
                               "without it, an expert the --first file holds is kept")
+    cascade.add_argument("--guide", default=None,
+                         help="a weaker first stage of the same task (e.g. an earlier checkpoint of the same "
+                              "run) for autoguidance; without it, a guide the --first file holds is kept")
+    cascade.add_argument("--guidance", type=float, default=None, metavar="W",
+                         help="the guidance weight stored with the guide, 1-10 (default 2 for a new guide; "
+                              "'sample --guidance' overrides it)")
     cascade.add_argument("--weights", choices=sorted(WEIGHT_DTYPES), default="fp32",
                          help="store the weights in fp32 (default) or fp16 (half the file)")
     cascade.add_argument("--out", required=True, help="the joined checkpoint to write (.pt)")
@@ -89,6 +98,11 @@ def _info(args: argparse.Namespace) -> int:
     if expert is not None:
         card["expert"] = expert.card()
         card["expert"]["parameters"] = count_parameters(OutpaintUNet(expert.network, expert.diffusion))
+    guide = guide_of(payload, config, Path(args.checkpoint).name)
+    if guide is not None:
+        card["guide"] = guide[0].card()
+        card["guide"]["parameters"] = count_parameters(OutpaintUNet(guide[0].network, guide[0].diffusion))
+        card["guide"]["weight"] = guide[1]
     if args.json:
         print(json.dumps(card))
     else:
@@ -106,12 +120,15 @@ def strip_checkpoint(source: str | Path, destination: str | Path, weights: str =
     if destination.exists() and destination.resolve() == source.resolve():
         raise PowdrError("--out must differ from --checkpoint; the training checkpoint is kept as it is")
     config, payload = read_checkpoint(source)
-    kept = {name: stored_section(payload[name], weights) for name in ("refiner", "expert") if name in payload}
+    kept = {name: stored_section(payload[name], weights) for name in STAGE_SECTIONS if name in payload}
     return save_checkpoint(destination, config, payload["weights"], kept or None, weights_dtype=weights)
 
 
 def _cascade(args: argparse.Namespace) -> int:
-    path = save_cascade(args.first, args.refine, args.out, expert_path=args.expert, weights=args.weights)
+    path = save_cascade(
+        args.first, args.refine, args.out, expert_path=args.expert, weights=args.weights,
+        guide_path=args.guide, guidance=args.guidance,
+    )
     print(f"wrote the cascade {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0
 

@@ -67,6 +67,10 @@ def add_refine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-expert", action="store_true",
                         help="run the first stage's last steps with the first stage itself, not with the expert "
                              "for the last steps the checkpoint holds (for comparisons)")
+    parser.add_argument("--guidance", type=float, default=None, metavar="W",
+                        help="autoguidance weight for a checkpoint that holds a guide (default: the weight "
+                             "stored with it; 1: the first stage alone; higher: more contrast and structure, "
+                             "past about 3 blotchy)")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -85,6 +89,7 @@ def _run(args: argparse.Namespace) -> int:
         refine_sampler=args.refine_sampler,
         refine_tiling=args.refine_tiling,
         expert=not args.no_expert,
+        guidance=args.guidance,
         tissue_level=args.tissue_level,
     )
     progress = Progress(args.progress, min_interval_s=0.2)

@@ -8,6 +8,7 @@ the file loads with ``torch.load(..., weights_only=True)`` and no code runs)::
      "weights": {name: tensor},            # used for sampling (the EMA when trained)
      "refiner": {"config": ..., "weights": ...},   # optional: a cascade's refine stage
      "expert": {"config": ..., "weights": ...},    # optional: the first stage's last steps
+     "guide": {"config": ..., "weights": ..., "weight": w},  # optional: autoguidance
      ...}                                  # training state, ignored here
 
 Weights may be stored in float16 (``--weights fp16``) to halve the file; they are loaded
@@ -232,6 +233,8 @@ class LoadedModel:
     extra: dict[str, Any]
     refiner: "LoadedModel | None" = None  # the refine stage of a cascade
     expert: "LoadedModel | None" = None  # the first stage's expert for its last steps
+    guide: "LoadedModel | None" = None  # a weaker first stage that guides this one (autoguidance)
+    guidance: float = 1.0  # the stored guidance weight (1: the first stage alone)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -281,6 +284,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any
         _refiner_config(payload["refiner"], config, path.name)
     if "expert" in payload:
         _expert_config(payload["expert"], config, path.name)
+    if "guide" in payload:
+        guide_of(payload, config, path.name)
     return config, payload
 
 
@@ -305,6 +310,18 @@ def _section_config(section: Any, name: str, what: str) -> ModelConfig:
         raise CheckpointError(f"the {what} of {name} has an invalid configuration: {error}") from None
 
 
+def _same_task(other: ModelConfig, first: ModelConfig) -> bool:
+    """Whether ``other`` predicts the same subbands from the same inputs as ``first``."""
+    return (
+        other.modality == first.modality
+        and other.diffusion == first.diffusion
+        and other.grid == first.grid
+        and other.normalisation == first.normalisation
+        and other.network.in_channels == first.network.in_channels
+        and other.network.out_channels == first.network.out_channels
+    )
+
+
 def check_expert(expert: ModelConfig, first: ModelConfig, name: str) -> None:
     """Refuse an expert that cannot stand in for ``first`` on its last steps (CheckpointError)."""
     if expert.stage != "outpaint" or not expert.training.max_timestep:
@@ -315,15 +332,7 @@ def check_expert(expert: ModelConfig, first: ModelConfig, name: str) -> None:
         raise CheckpointError(f"the first stage of {name} is itself an expert for the last steps")
     if expert.training.max_timestep > first.diffusion.timesteps:
         raise CheckpointError(f"the expert of {name} claims more timesteps than the diffusion has")
-    same = (
-        expert.modality == first.modality
-        and expert.diffusion == first.diffusion
-        and expert.grid == first.grid
-        and expert.normalisation == first.normalisation
-        and expert.network.in_channels == first.network.in_channels
-        and expert.network.out_channels == first.network.out_channels
-    )
-    if not same:
+    if not _same_task(expert, first):
         raise CheckpointError(
             f"the expert of {name} was trained for another grid, modality or diffusion than its first stage"
         )
@@ -339,6 +348,37 @@ def _expert_config(section: Any, first: ModelConfig, name: str) -> ModelConfig:
 def expert_of(payload: dict[str, Any], first: ModelConfig, name: str) -> ModelConfig | None:
     """The expert's configuration when the checkpoint holds one, else None."""
     return _expert_config(payload["expert"], first, name) if "expert" in payload else None
+
+
+#: Guidance weights a file or a run may ask for: 1 is the first stage alone; past about 3 the
+#: samples of the bundled model break into blotches.
+GUIDANCE_RANGE = (1.0, 10.0)
+
+
+def check_guidance(weight: Any, where: str) -> float:
+    """A guidance weight as a float, or CheckpointError naming ``where`` it came from."""
+    low, high = GUIDANCE_RANGE
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not low <= float(weight) <= high:
+        raise CheckpointError(f"the guidance weight of {where} must be a number from {low:g} to {high:g}")
+    return float(weight)
+
+
+def check_guide(guide: ModelConfig, first: ModelConfig, name: str) -> None:
+    """Refuse a guide that is not a whole first stage for the same task as ``first``."""
+    if guide.stage != "outpaint" or guide.training.max_timestep:
+        raise CheckpointError(f"{name} is not a whole first stage, so it cannot guide one")
+    if not _same_task(guide, first):
+        raise CheckpointError(f"the guide {name} was trained for another grid, modality or diffusion than the first stage")
+
+
+def guide_of(payload: dict[str, Any], first: ModelConfig, name: str) -> tuple[ModelConfig, float] | None:
+    """The guide's configuration and stored weight when the checkpoint holds one, else None."""
+    if "guide" not in payload:
+        return None
+    section = payload["guide"]
+    config = _section_config(section, name, "guide")
+    check_guide(config, first, name)
+    return config, check_guidance(section.get("weight"), name)
 
 
 def refiner_of(payload: dict[str, Any], first: ModelConfig, name: str) -> ModelConfig | None:
@@ -410,11 +450,21 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
     if expert_config is not None:
         expert_network = _network(expert_config, payload["expert"]["weights"], path.name, "expert's weights")
         expert = LoadedModel(config=expert_config, network=expert_network.to(device), sha256="", path=path, extra={})
-    extra = {k: v for k, v in payload.items() if k not in ("weights", "config", "format", "refiner", "expert")}
+    guide, guidance = None, 1.0
+    guide_entry = guide_of(payload, config, path.name)
+    if guide_entry is not None:
+        guide_config, guidance = guide_entry
+        guide_network = _network(guide_config, payload["guide"]["weights"], path.name, "guide's weights")
+        guide = LoadedModel(config=guide_config, network=guide_network.to(device), sha256="", path=path, extra={})
+    extra = {k: v for k, v in payload.items() if k not in ("weights", "config", "format", *STAGE_SECTIONS)}
     return LoadedModel(
         config=config, network=network, sha256=file_sha256(path), path=path, extra=extra, refiner=refiner,
-        expert=expert,
+        expert=expert, guide=guide, guidance=guidance,
     )
+
+
+#: The sections of a checkpoint besides its first stage that hold a network.
+STAGE_SECTIONS = ("refiner", "expert", "guide")
 
 
 WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -430,8 +480,8 @@ def stored_weights(weights: dict[str, torch.Tensor], dtype: str = "fp32") -> dic
 
 
 def stored_section(section: dict[str, Any], dtype: str = "fp32") -> dict[str, Any]:
-    """A copy of a checkpoint's stage section ("refiner" or "expert") with its weights in ``dtype``."""
-    return {"config": section["config"], "weights": stored_weights(section["weights"], dtype)}
+    """A copy of a checkpoint's stage section (one of STAGE_SECTIONS) with its weights in ``dtype``."""
+    return {**section, "weights": stored_weights(section["weights"], dtype)}
 
 
 def save_cascade(
@@ -440,6 +490,8 @@ def save_cascade(
     path: str | os.PathLike,
     expert_path: str | os.PathLike | None = None,
     weights: str = "fp32",
+    guide_path: str | os.PathLike | None = None,
+    guidance: float | None = None,
 ) -> Path:
     """Join a first stage with a refine stage and/or an expert for its last steps into one
     sampling checkpoint (no training state).
@@ -447,7 +499,9 @@ def save_cascade(
     Either stage file may itself be a cascade: its first, or its refine, stage is taken, so one
     stage of a cascade can be replaced by a newly trained one. The expert (trained with
     ``--max-timestep``) comes from ``expert_path``. A stage not given is kept from the first file
-    when it holds one. ``weights`` "fp16" stores every weight in half precision (half the file).
+    when it holds one. ``guide_path`` adds a weaker first stage for autoguidance (its first
+    stage when it is a cascade) with weight ``guidance`` (default 2; given alone, it re-weighs
+    the guide of the first file). ``weights`` "fp16" stores every weight in half precision.
     """
     config, first_payload = read_checkpoint(first_path)
     first, first_weights = _stage_of(config, first_payload, "outpaint", Path(first_path).name)
@@ -467,11 +521,19 @@ def save_cascade(
         expert, expert_weights = stage_weights(expert_path, "outpaint")
         check_expert(expert, first, Path(expert_path).name)
         extra["expert"] = {"config": expert.to_json(), "weights": stored_weights(expert_weights, weights)}
-    for name in ("refiner", "expert"):
+    if guide_path is not None:
+        guide, guide_weights = stage_weights(guide_path, "outpaint")
+        check_guide(guide, first, Path(guide_path).name)
+        extra["guide"] = {"config": guide.to_json(), "weights": stored_weights(guide_weights, weights), "weight": 2.0}
+    for name in STAGE_SECTIONS:
         if name not in extra and name in first_payload:
             extra[name] = stored_section(first_payload[name], weights)
+    if guidance is not None:
+        if "guide" not in extra:
+            raise CheckpointError("a guidance weight needs a guide: give one with --guide")
+        extra["guide"]["weight"] = check_guidance(guidance, "the cascade")
     if not extra:
-        raise CheckpointError("a cascade needs a refine stage, an expert for the last steps, or both")
+        raise CheckpointError("a cascade needs a refine stage, an expert for the last steps, a guide, or more")
     return save_checkpoint(path, first, first_weights, extra, weights_dtype=weights)
 
 

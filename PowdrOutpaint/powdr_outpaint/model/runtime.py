@@ -148,6 +148,23 @@ class FastForward:
         return out.float().contiguous()
 
 
+class AutoGuidance:
+    """``AutoGuidance(main, guide, weight)(x, t)``: guide + weight * (main - guide), of x0.
+
+    Autoguidance (Karras et al., "Guiding a Diffusion Model with a Bad Version of Itself",
+    NeurIPS 2024): a weaker model of the same task (here an earlier, less trained first stage)
+    errs the same way as the main one, only more; stepping past the main prediction, away from
+    the weaker one, undoes part of that error. Weight 1 is the main network alone.
+    """
+
+    def __init__(self, main, guide, weight: float):
+        self.main, self.guide, self.weight = main, guide, float(weight)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        guide = self.guide(x, t)
+        return guide + self.weight * (self.main(x, t) - guide)
+
+
 class ExpertRouting:
     """``ExpertRouting(main, expert, below)(x, t)``: the expert's prediction where t < below, else main's.
 

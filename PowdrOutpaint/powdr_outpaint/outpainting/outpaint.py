@@ -34,9 +34,9 @@ from ..imaging.preprocess import (
     to_input_grid,
 )
 from ..imaging.volume_io import Volume, load_volume, save_nifti, stem_of
-from ..model.checkpoint import LoadedModel, load_model
+from ..model.checkpoint import GUIDANCE_RANGE, LoadedModel, load_model
 from ..model.diffusion import Schedule
-from ..model.runtime import ExpertRouting, FastForward, emulated_bf16_warning, resolve_device
+from ..model.runtime import AutoGuidance, ExpertRouting, FastForward, emulated_bf16_warning, resolve_device
 from ..model.samplers import SAMPLERS, Sampler
 from ..model.transforms import SUBBANDS, clip_in_image_space, make_condition, wavelet_to_image
 from ..progress import Progress
@@ -75,6 +75,7 @@ class OutpaintOptions:
     tissue_level: str = "input"
     expert: bool = True  # hand a first stage's last steps to the expert the checkpoint may hold
     expert_outline: bool = True  # the expert draws inside the whole-range network's head only
+    guidance: float | None = None  # autoguidance weight; None: the checkpoint's, 1: no guidance
 
     def validate(self) -> None:
         if self.samples < 1:
@@ -97,6 +98,9 @@ class OutpaintOptions:
             raise PowdrError(f"--refine-tiling must be one of {', '.join(REFINE_TILINGS)}")
         if self.tissue_level not in TISSUE_LEVELS:
             raise PowdrError(f"--tissue-level must be one of {', '.join(TISSUE_LEVELS)}")
+        low, high = GUIDANCE_RANGE
+        if self.guidance is not None and not low <= self.guidance <= high:
+            raise PowdrError(f"--guidance must lie from {low:g} to {high:g} (1: no guidance)")
 
 
 def output_names(stem: str, samples: int) -> dict[str, object]:
@@ -296,16 +300,32 @@ def _versions() -> dict[str, str]:
     }
 
 
+def effective_guidance(model: LoadedModel, guidance: float | None) -> float:
+    """The autoguidance weight a run uses: 1 (none) without a guide, else ``guidance`` or the stored one."""
+    if model.guide is None:
+        return 1.0
+    return model.guidance if guidance is None else float(guidance)
+
+
 def first_stage_forward(
-    model: LoadedModel, device: torch.device, precision: str, expert: bool = True, keep_outline: bool = True
+    model: LoadedModel,
+    device: torch.device,
+    precision: str,
+    expert: bool = True,
+    keep_outline: bool = True,
+    guidance: float | None = None,
 ):
     """The first stage's x0 prediction (x, t) -> x0, its expert's below the expert's limit
     when the model holds one and ``expert`` is true.
 
-    With ``keep_outline`` the expert draws only inside the head that the whole-range network
-    predicts at the same step (:func:`keep_main_background`): the air stays air.
+    A model with a guide runs with autoguidance (:class:`AutoGuidance`) at the weight
+    :func:`effective_guidance` gives. With ``keep_outline`` the expert draws only inside the head
+    that the whole-range network predicts at the same step (:func:`keep_main_background`).
     """
     forward = FastForward(model.network, device, precision)
+    weight = effective_guidance(model, guidance)
+    if weight != 1.0:
+        forward = AutoGuidance(forward, FastForward(model.guide.network, device, precision), weight)
     if not expert or model.expert is None:
         return forward
     below = model.expert.config.training.max_timestep
@@ -326,7 +346,9 @@ def iter_samples(
     config = case.model.config
     lll = config.normalisation.lll_scale
     sampler = Sampler(Schedule.from_config(config.diffusion), options.sampler, options.steps, options.eta)
-    forward = first_stage_forward(case.model, device, options.precision, options.expert, options.expert_outline)
+    forward = first_stage_forward(
+        case.model, device, options.precision, options.expert, options.expert_outline, options.guidance
+    )
     image = torch.from_numpy(case.model_images)[None].to(device)
     lesion = torch.from_numpy(case.prepared.model_lesion)[None, None].to(device)
     condition_one = make_condition(image, lesion, lll)
@@ -517,6 +539,8 @@ def run_outpaint(
         "expert_below": model.expert.config.training.max_timestep if model.expert and options.expert else 0,
         # ... and drew only inside the head the whole-range network predicted at the same steps.
         "expert_outline": bool(model.expert and options.expert and options.expert_outline),
+        # The autoguidance weight the first stage ran with (1: none).
+        "guidance": effective_guidance(model, options.guidance),
         "options": asdict(options),
         "device": str(device),
         "precision": FastForward.resolve(options.precision, device),

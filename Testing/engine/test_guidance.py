@@ -1,0 +1,119 @@
+"""Autoguidance: a weaker first stage held in the checkpoint guides the first stage
+(``cascade --guide``, ``sample --guidance``).
+
+What a user relies on: the guided prediction is exactly guide + w (first - guide); a guide
+that equals the first stage, or weight 1, gives back the first stage's samples bit for bit; a
+real guide changes the samples and never the lesion; the file says which weight it was made
+for, the run says which weight it used, and a wrong guide or weight is refused in one sentence
+before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from test_expert import _expert, _sample
+from test_train import command, environment
+
+from powdr_outpaint.errors import CheckpointError
+from powdr_outpaint.model.checkpoint import initial_checkpoint, load_model, save_cascade
+from powdr_outpaint.model.runtime import AutoGuidance
+
+
+def test_guided_prediction_steps_past_the_first_stage_away_from_the_guide():
+    x = torch.randn(3, 16, 2, 2, 2, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([999, 500, 0])
+    first = lambda x, t: x[:, :8] * 2.0  # noqa: E731 - two stand-in networks
+    guide = lambda x, t: x[:, :8] - 1.0  # noqa: E731
+    torch.testing.assert_close(AutoGuidance(first, guide, 2.5)(x, t), guide(x, t) + 2.5 * (first(x, t) - guide(x, t)))
+    torch.testing.assert_close(AutoGuidance(first, guide, 1.0)(x, t), first(x, t))
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("guide")
+    return {
+        "first": initial_checkpoint(folder / "first.pt", "tiny", seed=0),
+        "refine": initial_checkpoint(folder / "refine.pt", "tiny-refine", seed=1),
+        "guide": initial_checkpoint(folder / "guide.pt", "tiny", seed=5),
+    }
+
+
+def test_cascade_stores_the_guide_and_its_weight_and_refuses_what_cannot_guide(stages, tmp_path):
+    guided = save_cascade(stages["first"], stages["refine"], tmp_path / "g.pt", guide_path=stages["guide"])
+    model = load_model(guided)
+    assert model.guide is not None and model.guidance == 2.0 and model.refiner is not None
+    # Re-weighing keeps the guide (and the refine stage) of the --first file.
+    reweighed = load_model(save_cascade(guided, None, tmp_path / "w.pt", guidance=1.5))
+    assert reweighed.guidance == 1.5 and reweighed.refiner is not None
+    assert all(torch.equal(a, b) for a, b in zip(reweighed.guide.network.state_dict().values(),
+                                                 model.guide.network.state_dict().values()))
+
+    with pytest.raises(CheckpointError, match="is not a whole first stage, so it cannot guide one"):
+        save_cascade(stages["first"], None, tmp_path / "x.pt", guide_path=_expert(tmp_path / "e.pt"))
+    with pytest.raises(CheckpointError, match="another grid, modality or diffusion"):
+        save_cascade(stages["first"], None, tmp_path / "x.pt",
+                     guide_path=initial_checkpoint(tmp_path / "demo.pt", "demo"))
+    with pytest.raises(CheckpointError, match="must be a number from 1 to 10"):
+        save_cascade(stages["first"], None, tmp_path / "x.pt", guide_path=stages["guide"], guidance=11)
+    with pytest.raises(CheckpointError, match="a guidance weight needs a guide"):
+        save_cascade(stages["first"], stages["refine"], tmp_path / "x.pt", guidance=2)
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_a_file_with_a_tampered_weight_is_refused_in_one_sentence(stages, tmp_path):
+    payload = torch.load(save_cascade(stages["first"], None, tmp_path / "g.pt", guide_path=stages["guide"]),
+                         weights_only=True)
+    for bad in ("2", 0.5, float("nan")):
+        payload["guide"]["weight"] = bad
+        torch.save(payload, tmp_path / "bad.pt")
+        with pytest.raises(CheckpointError, match="the guidance weight of bad.pt must be a number from 1 to 10"):
+            load_model(tmp_path / "bad.pt")
+
+
+def test_info_shows_the_guide(stages, tmp_path):
+    path = save_cascade(stages["first"], None, tmp_path / "g.pt", guide_path=stages["guide"], guidance=3)
+    result = subprocess.run(command("info", "--checkpoint", path, "--json"), capture_output=True, text=True,
+                            timeout=120, env=environment())
+    assert result.returncode == 0, result.stderr[-2000:]
+    card = json.loads(result.stdout)
+    assert card["guide"]["weight"] == 3.0 and card["guide"]["parameters"] == card["parameters"]
+
+
+def test_guidance_changes_the_new_tissue_only_and_weight_one_is_the_first_stage(stages, brats_case, tmp_path):
+    first = stages["first"]
+    alone, recorded = _sample(brats_case, first, tmp_path / "alone")
+    assert recorded["guidance"] == 1.0
+    # A guide equal to the first stage leaves nothing to step past: the same sample, bit for bit.
+    itself = save_cascade(first, None, tmp_path / "itself.pt", guide_path=first, guidance=3)
+    same, recorded = _sample(brats_case, itself, tmp_path / "same")
+    assert recorded["guidance"] == 3.0
+    np.testing.assert_array_equal(same, alone)
+
+    guided = save_cascade(first, None, tmp_path / "guided.pt", guide_path=stages["guide"])
+    changed, recorded = _sample(brats_case, guided, tmp_path / "changed")
+    assert recorded["guidance"] == 2.0
+    unguided, recorded = _sample(brats_case, guided, tmp_path / "unguided", "--guidance", 1)
+    assert recorded["guidance"] == 1.0
+    np.testing.assert_array_equal(unguided, alone)
+    image = np.asarray(nib.load(str(brats_case["image"])).dataobj)
+    inside = np.asarray(nib.load(str(brats_case["mask"])).dataobj) > 0
+    assert np.array_equal(changed[inside], image[inside])
+    assert np.abs(changed - alone)[~inside].mean() > 0.01 * (image.max() - image.min())
+
+
+def test_a_guidance_weight_out_of_range_is_refused_before_sampling(stages, brats_case, tmp_path):
+    result = subprocess.run(
+        command("sample", "--image", brats_case["image"], "--mask", brats_case["mask"], "--checkpoint",
+                stages["first"], "--guidance", 0.5, "--progress", "none", "--out", tmp_path / "out"),
+        capture_output=True, text=True, timeout=300, env=environment(),
+    )
+    assert result.returncode != 0
+    assert "--guidance must lie from 1 to 10" in result.stderr
+    assert not any((tmp_path / "out").glob("*.nii.gz"))
