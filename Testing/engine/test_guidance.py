@@ -108,7 +108,7 @@ def test_guidance_changes_the_new_tissue_only_and_weight_one_is_the_first_stage(
     assert np.abs(changed - alone)[~inside].mean() > 0.01 * (image.max() - image.min())
 
 
-def test_a_guidance_weight_out_of_range_is_refused_before_sampling(stages, brats_case, tmp_path):
+def test_a_guidance_weight_out_of_range_or_without_a_guide_is_refused(stages, brats_case, tmp_path):
     result = subprocess.run(
         command("sample", "--image", brats_case["image"], "--mask", brats_case["mask"], "--checkpoint",
                 stages["first"], "--guidance", 0.5, "--progress", "none", "--out", tmp_path / "out"),
@@ -117,3 +117,12 @@ def test_a_guidance_weight_out_of_range_is_refused_before_sampling(stages, brats
     assert result.returncode != 0
     assert "--guidance must lie from 1 to 10" in result.stderr
     assert not any((tmp_path / "out").glob("*.nii.gz"))
+    # A weight for a checkpoint that holds no guide would change nothing: refused, not ignored.
+    result = subprocess.run(
+        command("sample", "--image", brats_case["image"], "--mask", brats_case["mask"], "--checkpoint",
+                stages["first"], "--guidance", 2, "--steps", 2, "--progress", "none", "--out", tmp_path / "none"),
+        capture_output=True, text=True, timeout=300, env=environment(),
+    )
+    assert result.returncode != 0
+    assert "--guidance 2 needs a checkpoint with a guide, and first.pt has none" in result.stderr
+    assert not any((tmp_path / "none").glob("*.nii.gz"))

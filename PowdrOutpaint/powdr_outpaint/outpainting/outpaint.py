@@ -301,8 +301,16 @@ def _versions() -> dict[str, str]:
 
 
 def effective_guidance(model: LoadedModel, guidance: float | None) -> float:
-    """The autoguidance weight a run uses: 1 (none) without a guide, else ``guidance`` or the stored one."""
+    """The autoguidance weight a run uses: 1 (none) without a guide, else ``guidance`` or the stored one.
+
+    A weight other than 1 for a checkpoint without a guide is refused (PowdrError), not ignored.
+    """
     if model.guide is None:
+        if guidance is not None and guidance != 1.0:
+            raise PowdrError(
+                f"--guidance {guidance:g} needs a checkpoint with a guide, and {model.path.name} has none "
+                "(add one with 'powdr-outpaint cascade --guide')"
+            )
         return 1.0
     return model.guidance if guidance is None else float(guidance)
 
