@@ -14,11 +14,10 @@ import json
 import subprocess
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from test_expert import _expert, _sample
+from test_expert import _assert_changes_new_tissue_only, _expert, _sample
 from test_train import command, environment
 
 from powdr_outpaint.errors import CheckpointError
@@ -102,27 +101,20 @@ def test_guidance_changes_the_new_tissue_only_and_weight_one_is_the_first_stage(
     unguided, recorded = _sample(brats_case, guided, tmp_path / "unguided", "--guidance", 1)
     assert recorded["guidance"] == 1.0
     np.testing.assert_array_equal(unguided, alone)
-    image = np.asarray(nib.load(str(brats_case["image"])).dataobj)
-    inside = np.asarray(nib.load(str(brats_case["mask"])).dataobj) > 0
-    assert np.array_equal(changed[inside], image[inside])
-    assert np.abs(changed - alone)[~inside].mean() > 0.01 * (image.max() - image.min())
+    _assert_changes_new_tissue_only(brats_case, changed, alone)
 
 
 def test_a_guidance_weight_out_of_range_or_without_a_guide_is_refused(stages, brats_case, tmp_path):
-    result = subprocess.run(
-        command("sample", "--image", brats_case["image"], "--mask", brats_case["mask"], "--checkpoint",
-                stages["first"], "--guidance", 0.5, "--progress", "none", "--out", tmp_path / "out"),
-        capture_output=True, text=True, timeout=300, env=environment(),
-    )
-    assert result.returncode != 0
-    assert "--guidance must lie from 1 to 10" in result.stderr
-    assert not any((tmp_path / "out").glob("*.nii.gz"))
+    def refused(weight: float, out: Path) -> str:
+        result = subprocess.run(
+            command("sample", "--image", brats_case["image"], "--mask", brats_case["mask"], "--checkpoint",
+                    stages["first"], "--guidance", weight, "--steps", 2, "--progress", "none", "--out", out),
+            capture_output=True, text=True, timeout=300, env=environment(),
+        )
+        assert result.returncode != 0
+        assert not any(out.glob("*.nii.gz"))
+        return result.stderr
+
+    assert "--guidance must lie from 1 to 10" in refused(0.5, tmp_path / "out")
     # A weight for a checkpoint that holds no guide would change nothing: refused, not ignored.
-    result = subprocess.run(
-        command("sample", "--image", brats_case["image"], "--mask", brats_case["mask"], "--checkpoint",
-                stages["first"], "--guidance", 2, "--steps", 2, "--progress", "none", "--out", tmp_path / "none"),
-        capture_output=True, text=True, timeout=300, env=environment(),
-    )
-    assert result.returncode != 0
-    assert "--guidance 2 needs a checkpoint with a guide, and first.pt has none" in result.stderr
-    assert not any((tmp_path / "none").glob("*.nii.gz"))
+    assert "--guidance 2 needs a checkpoint with a guide, and first.pt has none" in refused(2, tmp_path / "none")

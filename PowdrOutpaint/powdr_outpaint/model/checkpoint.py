@@ -353,6 +353,8 @@ def expert_of(payload: dict[str, Any], first: ModelConfig, name: str) -> ModelCo
 #: Guidance weights a file or a run may ask for: 1 is the first stage alone; past about 3 the
 #: samples of the bundled model break into blotches.
 GUIDANCE_RANGE = (1.0, 10.0)
+#: The weight ``cascade --guide`` stores when none is given.
+DEFAULT_GUIDANCE = 2.0
 
 
 def check_guidance(weight: Any, where: str) -> float:
@@ -441,21 +443,17 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
             f"{path.name} is only an expert for the last {config.training.max_timestep} denoising steps; add it "
             "to a first stage with 'powdr-outpaint cascade --expert' and sample with the joined file"
         )
-    refiner = expert = None
-    refiner_config = refiner_of(payload, config, path.name)
-    if refiner_config is not None:
-        refiner_network = _network(refiner_config, payload["refiner"]["weights"], path.name, "refine stage's weights")
-        refiner = LoadedModel(config=refiner_config, network=refiner_network.to(device), sha256="", path=path, extra={})
-    expert_config = expert_of(payload, config, path.name)
-    if expert_config is not None:
-        expert_network = _network(expert_config, payload["expert"]["weights"], path.name, "expert's weights")
-        expert = LoadedModel(config=expert_config, network=expert_network.to(device), sha256="", path=path, extra={})
-    guide, guidance = None, 1.0
-    guide_entry = guide_of(payload, config, path.name)
-    if guide_entry is not None:
-        guide_config, guidance = guide_entry
-        guide_network = _network(guide_config, payload["guide"]["weights"], path.name, "guide's weights")
-        guide = LoadedModel(config=guide_config, network=guide_network.to(device), sha256="", path=path, extra={})
+
+    def section_model(section: str, stage_config: ModelConfig | None, what: str) -> LoadedModel | None:
+        if stage_config is None:
+            return None
+        stage_network = _network(stage_config, payload[section]["weights"], path.name, what)
+        return LoadedModel(config=stage_config, network=stage_network.to(device), sha256="", path=path, extra={})
+
+    refiner = section_model("refiner", refiner_of(payload, config, path.name), "refine stage's weights")
+    expert = section_model("expert", expert_of(payload, config, path.name), "expert's weights")
+    guide_config, guidance = guide_of(payload, config, path.name) or (None, 1.0)
+    guide = section_model("guide", guide_config, "guide's weights")
     extra = {k: v for k, v in payload.items() if k not in ("weights", "config", "format", *STAGE_SECTIONS)}
     return LoadedModel(
         config=config, network=network, sha256=file_sha256(path), path=path, extra=extra, refiner=refiner,
@@ -500,7 +498,7 @@ def save_cascade(
     stage of a cascade can be replaced by a newly trained one. The expert (trained with
     ``--max-timestep``) comes from ``expert_path``. A stage not given is kept from the first file
     when it holds one. ``guide_path`` adds a weaker first stage for autoguidance (its first
-    stage when it is a cascade) with weight ``guidance`` (default 2; given alone, it re-weighs
+    stage when it is a cascade) with weight ``guidance`` (default DEFAULT_GUIDANCE; given alone, it re-weighs
     the guide of the first file). ``weights`` "fp16" stores every weight in half precision.
     """
     config, first_payload = read_checkpoint(first_path)
@@ -524,7 +522,9 @@ def save_cascade(
     if guide_path is not None:
         guide, guide_weights = stage_weights(guide_path, "outpaint")
         check_guide(guide, first, Path(guide_path).name)
-        extra["guide"] = {"config": guide.to_json(), "weights": stored_weights(guide_weights, weights), "weight": 2.0}
+        extra["guide"] = {
+            "config": guide.to_json(), "weights": stored_weights(guide_weights, weights), "weight": DEFAULT_GUIDANCE,
+        }
     for name in STAGE_SECTIONS:
         if name not in extra and name in first_payload:
             extra[name] = stored_section(first_payload[name], weights)
