@@ -131,6 +131,10 @@ def readModelCard(checkpointPath: str) -> dict:
         _require(isinstance(weight, (int, float)) and not isinstance(weight, bool), name, "guidance weight")
         card["guide"] = _stageCard(guide.get("config"), guide.get("weights"), name)
         card["guide"]["weight"] = float(weight)
+        fromTimestep = guide.get("from_timestep", 0)
+        _require(isinstance(fromTimestep, int) and not isinstance(fromTimestep, bool) and fromTimestep >= 0,
+                 name, "guidance start")
+        card["guide"]["from_timestep"] = fromTimestep
     return card
 
 
@@ -259,7 +263,9 @@ def formatModelCard(card: dict) -> str:
     guide = card.get("guide")
     if isinstance(guide, dict):
         iterations = (guide.get("training") or {}).get("iterations")
-        lines.append(f"Guided by a weaker first stage (weight {guide.get('weight'):g})"
+        fromTimestep = guide.get("from_timestep")
+        lines.append(f"Guided by a weaker first stage (weight {guide.get('weight'):g}"
+                     + (f", on timesteps from {fromTimestep} up" if fromTimestep else "") + ")"
                      + (f", {iterations} iterations" if iterations else ""))
         if isinstance(parameters, (int, float)) and isinstance(guide.get("parameters"), (int, float)):
             parameters = parameters + guide["parameters"]

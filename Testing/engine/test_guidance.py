@@ -1,7 +1,8 @@
 """Autoguidance: a weaker first stage held in the checkpoint guides the first stage
 (``cascade --guide``, ``sample --guidance``).
 
-What a user relies on: the guided prediction is exactly guide + w (first - guide); a guide
+What a user relies on: the guided prediction is exactly guide + w (first - guide), on the
+steps from the stored start timestep up and the first stage's alone below it; a guide
 that equals the first stage, or weight 1, gives back the first stage's samples bit for bit; a
 real guide changes the samples and never the lesion; the file says which weight it was made
 for, the run says which weight it used, and a wrong guide or weight is refused in one sentence
@@ -34,6 +35,25 @@ def test_guided_prediction_steps_past_the_first_stage_away_from_the_guide():
     torch.testing.assert_close(AutoGuidance(first, guide, 1.0)(x, t), first(x, t))
 
 
+def test_guidance_leaves_the_steps_below_its_start_to_the_first_stage_and_skips_the_guide_there():
+    x = torch.randn(3, 16, 2, 2, 2, generator=torch.Generator().manual_seed(1))
+    calls = []
+    first = lambda x, t: x[:, :8] * 2.0  # noqa: E731
+
+    def guide(x, t):
+        calls.append(t)
+        return x[:, :8] - 1.0
+
+    guided = AutoGuidance(first, guide, 2.5, from_timestep=30)
+    mixed = guided(x, torch.tensor([999, 30, 29]))
+    expected = (x[:, :8] - 1.0) + 2.5 * (first(x, None) - (x[:, :8] - 1.0))
+    torch.testing.assert_close(mixed[:2], expected[:2])
+    torch.testing.assert_close(mixed[2], first(x, None)[2])
+    calls.clear()
+    torch.testing.assert_close(guided(x, torch.tensor([10, 0, 29])), first(x, None))
+    assert calls == []  # the last steps cost one network call, not two
+
+
 @pytest.fixture(scope="module")
 def stages(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("guide")
@@ -48,9 +68,11 @@ def test_cascade_stores_the_guide_and_its_weight_and_refuses_what_cannot_guide(s
     guided = save_cascade(stages["first"], stages["refine"], tmp_path / "g.pt", guide_path=stages["guide"])
     model = load_model(guided)
     assert model.guide is not None and model.guidance == 2.0 and model.refiner is not None
+    assert model.guidance_from == 30
     # Re-weighing keeps the guide (and the refine stage) of the --first file.
     reweighed = load_model(save_cascade(guided, None, tmp_path / "w.pt", guidance=1.5))
-    assert reweighed.guidance == 1.5 and reweighed.refiner is not None
+    assert reweighed.guidance == 1.5 and reweighed.refiner is not None and reweighed.guidance_from == 30
+    assert load_model(save_cascade(guided, None, tmp_path / "f.pt", guidance_from=0)).guidance_from == 0
     assert all(torch.equal(a, b) for a, b in zip(reweighed.guide.network.state_dict().values(),
                                                  model.guide.network.state_dict().values()))
 
@@ -63,6 +85,10 @@ def test_cascade_stores_the_guide_and_its_weight_and_refuses_what_cannot_guide(s
         save_cascade(stages["first"], None, tmp_path / "x.pt", guide_path=stages["guide"], guidance=11)
     with pytest.raises(CheckpointError, match="a guidance weight needs a guide"):
         save_cascade(stages["first"], stages["refine"], tmp_path / "x.pt", guidance=2)
+    with pytest.raises(CheckpointError, match="the guidance start of the cascade must be a whole timestep from 0 to"):
+        save_cascade(stages["first"], None, tmp_path / "x.pt", guide_path=stages["guide"], guidance_from=1001)
+    with pytest.raises(CheckpointError, match="a guidance start needs a guide"):
+        save_cascade(stages["first"], stages["refine"], tmp_path / "x.pt", guidance_from=30)
     assert not (tmp_path / "x.pt").exists()
 
 
@@ -74,6 +100,16 @@ def test_a_file_with_a_tampered_weight_is_refused_in_one_sentence(stages, tmp_pa
         torch.save(payload, tmp_path / "bad.pt")
         with pytest.raises(CheckpointError, match="the guidance weight of bad.pt must be a number from 1 to 10"):
             load_model(tmp_path / "bad.pt")
+    payload["guide"]["weight"] = 2.0
+    for bad in (-1, "30", 30.0, 1001, True):
+        payload["guide"]["from_timestep"] = bad
+        torch.save(payload, tmp_path / "bad.pt")
+        with pytest.raises(CheckpointError, match="the guidance start of bad.pt must be a whole timestep from 0 to 1000"):
+            load_model(tmp_path / "bad.pt")
+    # Files written before the start existed guide every step, as they did then.
+    del payload["guide"]["from_timestep"]
+    torch.save(payload, tmp_path / "old.pt")
+    assert load_model(tmp_path / "old.pt").guidance_from == 0
 
 
 def test_info_shows_the_guide(stages, tmp_path):
@@ -83,6 +119,7 @@ def test_info_shows_the_guide(stages, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     card = json.loads(result.stdout)
     assert card["guide"]["weight"] == 3.0 and card["guide"]["parameters"] == card["parameters"]
+    assert card["guide"]["from_timestep"] == 30
 
 
 def test_guidance_changes_the_new_tissue_only_and_weight_one_is_the_first_stage(stages, brats_case, tmp_path):
@@ -97,18 +134,22 @@ def test_guidance_changes_the_new_tissue_only_and_weight_one_is_the_first_stage(
 
     guided = save_cascade(first, None, tmp_path / "guided.pt", guide_path=stages["guide"])
     changed, recorded = _sample(brats_case, guided, tmp_path / "changed")
-    assert recorded["guidance"] == 2.0
+    assert recorded["guidance"] == 2.0 and recorded["guidance_from"] == 30
     unguided, recorded = _sample(brats_case, guided, tmp_path / "unguided", "--guidance", 1)
     assert recorded["guidance"] == 1.0
     np.testing.assert_array_equal(unguided, alone)
+    # No step starts at timestep 1000 or above: guided from there is not guided at all.
+    late, recorded = _sample(brats_case, guided, tmp_path / "late", "--guidance-from", 1000)
+    assert recorded["guidance_from"] == 1000
+    np.testing.assert_array_equal(late, alone)
     _assert_changes_new_tissue_only(brats_case, changed, alone)
 
 
 def test_a_guidance_weight_out_of_range_or_without_a_guide_is_refused(stages, brats_case, tmp_path):
-    def refused(weight: float, out: Path) -> str:
+    def refused(weight: float, out: Path, *extra: object, checkpoint: Path = stages["first"]) -> str:
         result = subprocess.run(
             command("sample", "--image", brats_case["image"], "--mask", brats_case["mask"], "--checkpoint",
-                    stages["first"], "--guidance", weight, "--steps", 2, "--progress", "none", "--out", out),
+                    checkpoint, "--guidance", weight, "--steps", 2, "--progress", "none", "--out", out, *extra),
             capture_output=True, text=True, timeout=300, env=environment(),
         )
         assert result.returncode != 0
@@ -118,3 +159,8 @@ def test_a_guidance_weight_out_of_range_or_without_a_guide_is_refused(stages, br
     assert "--guidance must lie from 1 to 10" in refused(0.5, tmp_path / "out")
     # A weight for a checkpoint that holds no guide would change nothing: refused, not ignored.
     assert "--guidance 2 needs a checkpoint with a guide, and first.pt has none" in refused(2, tmp_path / "none")
+    assert "--guidance-from needs a checkpoint with a guide, and first.pt has none" in refused(
+        1, tmp_path / "from", "--guidance-from", 30)
+    guided = save_cascade(stages["first"], None, tmp_path / "g.pt", guide_path=stages["guide"])
+    assert "--guidance-from must lie from 0 to 1000" in refused(
+        2, tmp_path / "past", "--guidance-from", 1001, checkpoint=guided)

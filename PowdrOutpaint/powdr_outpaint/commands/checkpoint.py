@@ -74,6 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cascade.add_argument("--guidance", type=float, default=None, metavar="W",
                          help="the guidance weight stored with the guide, 1-10 (default 2 for a new guide; "
                               "'sample --guidance' overrides it)")
+    cascade.add_argument("--guidance-from", type=int, default=None, metavar="T",
+                         help="the guide acts on the steps at timestep T or above, 0-1000 (default 30 for a "
+                              "new guide; 'sample --guidance-from' overrides it)")
     cascade.add_argument("--weights", choices=sorted(WEIGHT_DTYPES), default="fp32",
                          help="store the weights in fp32 (default) or fp16 (half the file)")
     cascade.add_argument("--out", required=True, help="the joined checkpoint to write (.pt)")
@@ -100,9 +103,10 @@ def _info(args: argparse.Namespace) -> int:
         card["expert"]["parameters"] = count_parameters(OutpaintUNet(expert.network, expert.diffusion))
     guide = guide_of(payload, config, Path(args.checkpoint).name)
     if guide is not None:
-        card["guide"] = guide[0].card()
-        card["guide"]["parameters"] = count_parameters(OutpaintUNet(guide[0].network, guide[0].diffusion))
-        card["guide"]["weight"] = guide[1]
+        card["guide"] = guide.config.card()
+        card["guide"]["parameters"] = count_parameters(OutpaintUNet(guide.config.network, guide.config.diffusion))
+        card["guide"]["weight"] = guide.weight
+        card["guide"]["from_timestep"] = guide.from_timestep
     if args.json:
         print(json.dumps(card))
     else:
@@ -127,7 +131,7 @@ def strip_checkpoint(source: str | Path, destination: str | Path, weights: str =
 def _cascade(args: argparse.Namespace) -> int:
     path = save_cascade(
         args.first, args.refine, args.out, expert_path=args.expert, weights=args.weights,
-        guide_path=args.guide, guidance=args.guidance,
+        guide_path=args.guide, guidance=args.guidance, guidance_from=args.guidance_from,
     )
     print(f"wrote the cascade {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0

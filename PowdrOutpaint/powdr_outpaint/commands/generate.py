@@ -98,6 +98,7 @@ def _run(args: argparse.Namespace) -> int:
         refine_tiling=args.refine_tiling,
         expert=not args.no_expert,
         guidance=args.guidance,
+        guidance_from=args.guidance_from,
     )
     summary = run_generate(cases, args.checkpoint, args.out, options, args.progress, rank, world)
     prefix = f"[rank {rank}/{world}] " if world > 1 else ""

@@ -71,6 +71,10 @@ def add_refine_options(parser: argparse.ArgumentParser) -> None:
                         help="autoguidance weight for a checkpoint that holds a guide (default: the weight "
                              "stored with it; 1: the first stage alone; higher: more contrast and structure, "
                              "past about 3 blotchy)")
+    parser.add_argument("--guidance-from", type=int, default=None, metavar="T",
+                        help="guide only the steps at timestep T or above (default: the start stored with the "
+                             "guide; 0: every step); the last, nearly clean steps below T run the first stage "
+                             "alone, since guiding them draws blotches")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -90,6 +94,7 @@ def _run(args: argparse.Namespace) -> int:
         refine_tiling=args.refine_tiling,
         expert=not args.no_expert,
         guidance=args.guidance,
+        guidance_from=args.guidance_from,
         tissue_level=args.tissue_level,
     )
     progress = Progress(args.progress, min_interval_s=0.2)

@@ -8,7 +8,8 @@ the file loads with ``torch.load(..., weights_only=True)`` and no code runs)::
      "weights": {name: tensor},            # used for sampling (the EMA when trained)
      "refiner": {"config": ..., "weights": ...},   # optional: a cascade's refine stage
      "expert": {"config": ..., "weights": ...},    # optional: the first stage's last steps
-     "guide": {"config": ..., "weights": ..., "weight": w},  # optional: autoguidance
+     "guide": {"config": ..., "weights": ..., "weight": w,   # optional: autoguidance,
+               "from_timestep": n},        # on steps with t >= n only (absent: 0, every step)
      ...}                                  # training state, ignored here
 
 Weights may be stored in float16 (``--weights fp16``) to halve the file; they are loaded
@@ -27,7 +28,7 @@ import pickle
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -235,6 +236,7 @@ class LoadedModel:
     expert: "LoadedModel | None" = None  # the first stage's expert for its last steps
     guide: "LoadedModel | None" = None  # a weaker first stage that guides this one (autoguidance)
     guidance: float = 1.0  # the stored guidance weight (1: the first stage alone)
+    guidance_from: int = 0  # the guide acts on steps with t >= this; below, the first stage alone
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -373,14 +375,37 @@ def check_guide(guide: ModelConfig, first: ModelConfig, name: str) -> None:
         raise CheckpointError(f"the guide {name} was trained for another grid, modality or diffusion than the first stage")
 
 
-def guide_of(payload: dict[str, Any], first: ModelConfig, name: str) -> tuple[ModelConfig, float] | None:
-    """The guide's configuration and stored weight when the checkpoint holds one, else None."""
+#: The ``from_timestep`` ``cascade --guide`` stores when none is given: guidance on the nearly
+#: clean last steps (t < 30) amplifies the difference of two denoisers that both nearly hand
+#: their input back, which draws blotches, not anatomy (model card, *A weaker guide*).
+DEFAULT_GUIDANCE_FROM = 30
+
+
+def check_guidance_from(timestep: Any, where: str, timesteps: int) -> int:
+    """A guidance start timestep as an int in 0..timesteps, or CheckpointError naming ``where``."""
+    if isinstance(timestep, bool) or not isinstance(timestep, int) or not 0 <= timestep <= timesteps:
+        raise CheckpointError(f"the guidance start of {where} must be a whole timestep from 0 to {timesteps}")
+    return int(timestep)
+
+
+class GuideSection(NamedTuple):
+    config: ModelConfig
+    weight: float
+    from_timestep: int
+
+
+def guide_of(payload: dict[str, Any], first: ModelConfig, name: str) -> GuideSection | None:
+    """The guide's configuration, stored weight and start timestep when the checkpoint holds one, else None."""
     if "guide" not in payload:
         return None
     section = payload["guide"]
     config = _section_config(section, name, "guide")
     check_guide(config, first, name)
-    return config, check_guidance(section.get("weight"), name)
+    return GuideSection(
+        config,
+        check_guidance(section.get("weight"), name),
+        check_guidance_from(section.get("from_timestep", 0), name, first.diffusion.timesteps),
+    )
 
 
 def refiner_of(payload: dict[str, Any], first: ModelConfig, name: str) -> ModelConfig | None:
@@ -452,12 +477,13 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
 
     refiner = section_model("refiner", refiner_of(payload, config, path.name), "refine stage's weights")
     expert = section_model("expert", expert_of(payload, config, path.name), "expert's weights")
-    guide_config, guidance = guide_of(payload, config, path.name) or (None, 1.0)
-    guide = section_model("guide", guide_config, "guide's weights")
+    guide_section = guide_of(payload, config, path.name)
+    guide = section_model("guide", guide_section and guide_section.config, "guide's weights")
     extra = {k: v for k, v in payload.items() if k not in ("weights", "config", "format", *STAGE_SECTIONS)}
     return LoadedModel(
         config=config, network=network, sha256=file_sha256(path), path=path, extra=extra, refiner=refiner,
-        expert=expert, guide=guide, guidance=guidance,
+        expert=expert, guide=guide, guidance=guide_section.weight if guide_section else 1.0,
+        guidance_from=guide_section.from_timestep if guide_section else 0,
     )
 
 
@@ -490,6 +516,7 @@ def save_cascade(
     weights: str = "fp32",
     guide_path: str | os.PathLike | None = None,
     guidance: float | None = None,
+    guidance_from: int | None = None,
 ) -> Path:
     """Join a first stage with a refine stage and/or an expert for its last steps into one
     sampling checkpoint (no training state).
@@ -499,7 +526,8 @@ def save_cascade(
     ``--max-timestep``) comes from ``expert_path``. A stage not given is kept from the first file
     when it holds one. ``guide_path`` adds a weaker first stage for autoguidance (its first
     stage when it is a cascade) with weight ``guidance`` (default DEFAULT_GUIDANCE; given alone, it re-weighs
-    the guide of the first file). ``weights`` "fp16" stores every weight in half precision.
+    the guide of the first file); it acts on the steps with t >= ``guidance_from`` (default
+    DEFAULT_GUIDANCE_FROM for a new guide). ``weights`` "fp16" stores every weight in half precision.
     """
     config, first_payload = read_checkpoint(first_path)
     first, first_weights = _stage_of(config, first_payload, "outpaint", Path(first_path).name)
@@ -524,6 +552,7 @@ def save_cascade(
         check_guide(guide, first, Path(guide_path).name)
         extra["guide"] = {
             "config": guide.to_json(), "weights": stored_weights(guide_weights, weights), "weight": DEFAULT_GUIDANCE,
+            "from_timestep": DEFAULT_GUIDANCE_FROM,
         }
     for name in STAGE_SECTIONS:
         if name not in extra and name in first_payload:
@@ -532,6 +561,10 @@ def save_cascade(
         if "guide" not in extra:
             raise CheckpointError("a guidance weight needs a guide: give one with --guide")
         extra["guide"]["weight"] = check_guidance(guidance, "the cascade")
+    if guidance_from is not None:
+        if "guide" not in extra:
+            raise CheckpointError("a guidance start needs a guide: give one with --guide")
+        extra["guide"]["from_timestep"] = check_guidance_from(guidance_from, "the cascade", first.diffusion.timesteps)
     if not extra:
         raise CheckpointError("a cascade needs a refine stage, an expert for the last steps, a guide, or more")
     return save_checkpoint(path, first, first_weights, extra, weights_dtype=weights)

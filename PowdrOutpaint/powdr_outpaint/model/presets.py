@@ -114,6 +114,23 @@ PRESETS: dict[str, Preset] = {
         grid=GridConfig(shape=(64, 64, 48), spacing=(3.6, 3.6, 3.6)),
         training=TrainingDefaults(learning_rate=5e-4, batch_size=2, ema_decay=0.998),
     ),
+    "demo-guide": Preset(
+        name="demo-guide",
+        description=(
+            "A deliberately weak twin of the demo network, to guide it (autoguidance): base 16, "
+            "3 levels, the demo's 64x64x48 grid at 3.6 mm; train it far shorter than the demo network."
+        ),
+        network=NetworkConfig(
+            base_channels=16,
+            channel_mult=(1, 2, 2),
+            num_res_blocks=1,
+            attention_levels=(2,),
+            head_channels=16,
+            norm_groups=8,
+        ),
+        grid=GridConfig(shape=(64, 64, 48), spacing=(3.6, 3.6, 3.6)),
+        training=TrainingDefaults(learning_rate=5e-4, batch_size=2, ema_decay=0.998, augment=0.8),
+    ),
     "refine": Preset(
         name="refine",
         description=(

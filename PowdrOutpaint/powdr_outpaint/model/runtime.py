@@ -149,20 +149,32 @@ class FastForward:
 
 
 class AutoGuidance:
-    """``AutoGuidance(main, guide, weight)(x, t)``: guide + weight * (main - guide), of x0.
+    """``AutoGuidance(main, guide, weight, from_timestep)(x, t)``: guide + weight * (main - guide), of x0,
+    on the steps with t >= ``from_timestep``; below it, main alone.
 
     Autoguidance (Karras et al., "Guiding a Diffusion Model with a Bad Version of Itself",
     NeurIPS 2024): a weaker model of the same task (here an earlier, less trained first stage)
     errs the same way as the main one, only more; stepping past the main prediction, away from
-    the weaker one, undoes part of that error. Weight 1 is the main network alone.
+    the weaker one, undoes part of that error. Weight 1 is the main network alone. On the nearly
+    clean last steps both networks hand their input back, nearly, and their difference is mostly
+    the guide's extra smoothing: stepping past it there sharpens noise into blotches, so the guide
+    can be left out of those steps (which also saves its network call).
     """
 
-    def __init__(self, main, guide, weight: float):
+    def __init__(self, main, guide, weight: float, from_timestep: int = 0):
         self.main, self.guide, self.weight = main, guide, float(weight)
+        self.from_timestep = int(from_timestep)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        guided = t >= self.from_timestep
+        if not bool(guided.any()):
+            return self.main(x, t)
+        main = self.main(x, t)
         guide = self.guide(x, t)
-        return guide + self.weight * (self.main(x, t) - guide)
+        out = guide + self.weight * (main - guide)
+        if bool(guided.all()):
+            return out
+        return torch.where(guided.reshape(-1, *([1] * (x.dim() - 1))), out, main)
 
 
 class ExpertRouting:

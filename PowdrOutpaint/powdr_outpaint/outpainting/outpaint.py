@@ -76,6 +76,7 @@ class OutpaintOptions:
     expert: bool = True  # hand a first stage's last steps to the expert the checkpoint may hold
     expert_outline: bool = True  # the expert draws inside the whole-range network's head only
     guidance: float | None = None  # autoguidance weight; None: the checkpoint's, 1: no guidance
+    guidance_from: int | None = None  # guide only steps with t >= this; None: the checkpoint's
 
     def validate(self) -> None:
         if self.samples < 1:
@@ -101,6 +102,8 @@ class OutpaintOptions:
         low, high = GUIDANCE_RANGE
         if self.guidance is not None and not low <= self.guidance <= high:
             raise PowdrError(f"--guidance must lie from {low:g} to {high:g} (1: no guidance)")
+        if self.guidance_from is not None and self.guidance_from < 0:
+            raise PowdrError("--guidance-from must be a timestep of 0 or more (0: guide every step)")
 
 
 def output_names(stem: str, samples: int) -> dict[str, object]:
@@ -315,6 +318,27 @@ def effective_guidance(model: LoadedModel, guidance: float | None) -> float:
     return model.guidance if guidance is None else float(guidance)
 
 
+def effective_guidance_from(model: LoadedModel, guidance_from: int | None) -> int:
+    """The timestep from which a run guides (steps with t >= it): ``guidance_from`` or the stored one.
+
+    A start past the diffusion's last timestep, or one for a checkpoint without a guide, is
+    refused (PowdrError); without a guide it is 0.
+    """
+    if model.guide is None:
+        if guidance_from is not None:
+            raise PowdrError(
+                f"--guidance-from needs a checkpoint with a guide, and {model.path.name} has none "
+                "(add one with 'powdr-outpaint cascade --guide')"
+            )
+        return 0
+    if guidance_from is None:
+        return model.guidance_from
+    timesteps = model.config.diffusion.timesteps
+    if not 0 <= guidance_from <= timesteps:
+        raise PowdrError(f"--guidance-from must lie from 0 to {timesteps} (0: guide every step)")
+    return int(guidance_from)
+
+
 def first_stage_forward(
     model: LoadedModel,
     device: torch.device,
@@ -322,18 +346,23 @@ def first_stage_forward(
     expert: bool = True,
     keep_outline: bool = True,
     guidance: float | None = None,
+    guidance_from: int | None = None,
 ):
     """The first stage's x0 prediction (x, t) -> x0, its expert's below the expert's limit
     when the model holds one and ``expert`` is true.
 
     A model with a guide runs with autoguidance (:class:`AutoGuidance`) at the weight
-    :func:`effective_guidance` gives. With ``keep_outline`` the expert draws only inside the head
-    that the whole-range network predicts at the same step (:func:`keep_main_background`).
+    :func:`effective_guidance` gives, on the steps from :func:`effective_guidance_from` up. With
+    ``keep_outline`` the expert draws only inside the head that the whole-range network predicts
+    at the same step (:func:`keep_main_background`).
     """
     forward = FastForward(model.network, device, precision)
     weight = effective_guidance(model, guidance)
     if weight != 1.0:
-        forward = AutoGuidance(forward, FastForward(model.guide.network, device, precision), weight)
+        forward = AutoGuidance(
+            forward, FastForward(model.guide.network, device, precision), weight,
+            effective_guidance_from(model, guidance_from),
+        )
     if not expert or model.expert is None:
         return forward
     below = model.expert.config.training.max_timestep
@@ -355,7 +384,8 @@ def iter_samples(
     lll = config.normalisation.lll_scale
     sampler = Sampler(Schedule.from_config(config.diffusion), options.sampler, options.steps, options.eta)
     forward = first_stage_forward(
-        case.model, device, options.precision, options.expert, options.expert_outline, options.guidance
+        case.model, device, options.precision, options.expert, options.expert_outline, options.guidance,
+        options.guidance_from,
     )
     image = torch.from_numpy(case.model_images)[None].to(device)
     lesion = torch.from_numpy(case.prepared.model_lesion)[None, None].to(device)
@@ -470,6 +500,9 @@ def run_outpaint(
     for note in case.notes:
         progress.stage("loading", note[0].upper() + note[1:])
     timings["load_s"] = time.perf_counter() - started
+    # Guidance options the checkpoint cannot honour are refused before anything is written.
+    effective_guidance(model, options.guidance)
+    effective_guidance_from(model, options.guidance_from)
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -549,6 +582,8 @@ def run_outpaint(
         "expert_outline": bool(model.expert and options.expert and options.expert_outline),
         # The autoguidance weight the first stage ran with (1: none).
         "guidance": effective_guidance(model, options.guidance),
+        # The timestep from which it was guided (steps with t >= it; 0: every step).
+        "guidance_from": effective_guidance_from(model, options.guidance_from),
         "options": asdict(options),
         "device": str(device),
         "precision": FastForward.resolve(options.precision, device),
