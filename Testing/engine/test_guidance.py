@@ -164,3 +164,13 @@ def test_a_guidance_weight_out_of_range_or_without_a_guide_is_refused(stages, br
     guided = save_cascade(stages["first"], None, tmp_path / "g.pt", guide_path=stages["guide"])
     assert "--guidance-from must lie from 0 to 1000" in refused(
         2, tmp_path / "past", "--guidance-from", 1001, checkpoint=guided)
+
+
+def test_the_demo_guide_preset_guides_a_demo_first_stage_at_a_quarter_of_its_size(tmp_path):
+    first = initial_checkpoint(tmp_path / "demo.pt", "demo", seed=0)
+    guide = initial_checkpoint(tmp_path / "guide.pt", "demo-guide", seed=1)
+    model = load_model(save_cascade(first, None, tmp_path / "g.pt", guide_path=guide, guidance=3, guidance_from=10))
+    assert (model.guidance, model.guidance_from) == (3.0, 10)
+    main_size = sum(p.numel() for p in model.network.parameters())
+    guide_size = sum(p.numel() for p in model.guide.network.parameters())
+    assert guide_size < 0.3 * main_size

@@ -150,25 +150,6 @@ PRESETS: dict[str, Preset] = {
         training=TrainingDefaults(learning_rate=5e-4, batch_size=2, ema_decay=0.998, augment=0.8),
         stage="refine",
     ),
-    "refine-guide": Preset(
-        name="refine-guide",
-        description=(
-            "A deliberately weak twin of the refine network, to guide it (autoguidance): base 16, "
-            "3 levels, the refine stage's 1.8 mm grid and 64-voxel blocks; train it far shorter."
-        ),
-        network=NetworkConfig(
-            in_channels=17,
-            base_channels=16,
-            channel_mult=(1, 2, 2),
-            num_res_blocks=1,
-            attention_levels=(),
-            head_channels=16,
-            norm_groups=8,
-        ),
-        grid=GridConfig(shape=(128, 128, 96), spacing=(1.8, 1.8, 1.8), patch=(64, 64, 64)),
-        training=TrainingDefaults(learning_rate=5e-4, batch_size=2, ema_decay=0.998, augment=0.8),
-        stage="refine",
-    ),
     "tiny-refine": Preset(
         name="tiny-refine",
         description="A test-sized second stage: base 16, 2 levels, 64x64x48 at 3.6 mm, 32-voxel blocks.",
