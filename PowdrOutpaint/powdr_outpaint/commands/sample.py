@@ -70,7 +70,7 @@ def add_refine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, default=None, metavar="W",
                         help="autoguidance weight for a checkpoint that holds a guide (default: the weight "
                              "stored with it; 1: the first stage alone; higher: more contrast and structure, "
-                             "past about 3 blotchy)")
+                             "too high: blotchy)")
     parser.add_argument("--guidance-from", type=int, default=None, metavar="T",
                         help="guide only the steps at timestep T or above (default: the start stored with the "
                              "guide; 0: every step); the last, nearly clean steps below T run the first stage "
