@@ -7,7 +7,7 @@ image, before the wavelet transform, and voxel spacing in mm).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .diffusion import DiffusionConfig
 from .network import NetworkConfig
@@ -72,6 +72,21 @@ class Preset:
 #: resolution (one more channel, on the wavelet grid) and adds the detail that grid cannot hold.
 STAGES = ("outpaint", "refine")
 
+_DEMO = Preset(
+    name="demo",
+    description="The bundled demonstration network: base 32, 3 levels, 64x64x48 at 3.6 mm (CPU-sized).",
+    network=NetworkConfig(
+        base_channels=32,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=1,
+        attention_levels=(2,),
+        head_channels=32,
+        norm_groups=8,
+    ),
+    grid=GridConfig(shape=(64, 64, 48), spacing=(3.6, 3.6, 3.6)),
+    training=TrainingDefaults(learning_rate=5e-4, batch_size=2, ema_decay=0.998),
+)
+
 PRESETS: dict[str, Preset] = {
     "paper": Preset(
         name="paper",
@@ -100,36 +115,18 @@ PRESETS: dict[str, Preset] = {
         grid=GridConfig(shape=(96, 96, 64), spacing=(2.4, 2.4, 2.4)),
         training=TrainingDefaults(learning_rate=2e-4, batch_size=2, ema_decay=0.995),
     ),
-    "demo": Preset(
-        name="demo",
-        description="The bundled demonstration network: base 32, 3 levels, 64x64x48 at 3.6 mm (CPU-sized).",
-        network=NetworkConfig(
-            base_channels=32,
-            channel_mult=(1, 2, 2),
-            num_res_blocks=1,
-            attention_levels=(2,),
-            head_channels=32,
-            norm_groups=8,
-        ),
-        grid=GridConfig(shape=(64, 64, 48), spacing=(3.6, 3.6, 3.6)),
-        training=TrainingDefaults(learning_rate=5e-4, batch_size=2, ema_decay=0.998),
-    ),
-    "demo-guide": Preset(
+    "demo": _DEMO,
+    # The demo network at half the width on the demo's own grid: a guide must share its first
+    # stage's grid, so it is derived from it rather than written out again.
+    "demo-guide": replace(
+        _DEMO,
         name="demo-guide",
         description=(
             "A deliberately weak twin of the demo network, to guide it (autoguidance): base 16, "
             "3 levels, the demo's 64x64x48 grid at 3.6 mm; train it far shorter than the demo network."
         ),
-        network=NetworkConfig(
-            base_channels=16,
-            channel_mult=(1, 2, 2),
-            num_res_blocks=1,
-            attention_levels=(2,),
-            head_channels=16,
-            norm_groups=8,
-        ),
-        grid=GridConfig(shape=(64, 64, 48), spacing=(3.6, 3.6, 3.6)),
-        training=TrainingDefaults(learning_rate=5e-4, batch_size=2, ema_decay=0.998, augment=0.8),
+        network=replace(_DEMO.network, base_channels=16, head_channels=16),
+        training=replace(_DEMO.training, augment=0.8),
     ),
     "refine": Preset(
         name="refine",

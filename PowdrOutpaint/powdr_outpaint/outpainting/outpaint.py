@@ -501,8 +501,8 @@ def run_outpaint(
         progress.stage("loading", note[0].upper() + note[1:])
     timings["load_s"] = time.perf_counter() - started
     # Guidance options the checkpoint cannot honour are refused before anything is written.
-    effective_guidance(model, options.guidance)
-    effective_guidance_from(model, options.guidance_from)
+    guidance = effective_guidance(model, options.guidance)
+    guidance_from = effective_guidance_from(model, options.guidance_from)
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -581,9 +581,9 @@ def run_outpaint(
         # ... and drew only inside the head the whole-range network predicted at the same steps.
         "expert_outline": bool(model.expert and options.expert and options.expert_outline),
         # The autoguidance weight the first stage ran with (1: none).
-        "guidance": effective_guidance(model, options.guidance),
+        "guidance": guidance,
         # The timestep from which it was guided (steps with t >= it; 0: every step).
-        "guidance_from": effective_guidance_from(model, options.guidance_from),
+        "guidance_from": guidance_from,
         "options": asdict(options),
         "device": str(device),
         "precision": FastForward.resolve(options.precision, device),
