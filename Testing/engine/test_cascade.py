@@ -30,7 +30,8 @@ from powdr_outpaint.outpainting.cascade import block_starts, coarse_on_fine, den
 from powdr_outpaint.outpainting.outpaint import denoise, sample_generator
 from powdr_outpaint.training.augment import WarpSettings, random_warp, warp_case
 from powdr_outpaint.training.data import PreparedCase
-from powdr_outpaint.training.train import read_log, train
+from powdr_outpaint.model.transforms import COARSE_BLUR, degrade_coarse
+from powdr_outpaint.training.train import read_log, resolve_settings, train
 
 # ------------------------------------------------------------------ blocks
 
@@ -213,6 +214,45 @@ def test_fine_tuning_from_a_cascade_starts_from_the_stage_it_trains(cascade_chec
     with pytest.raises(PowdrError, match="--init-from: first.pt holds no refine stage"):
         train(replace(options, out=str(tmp_path / "other"), init_from=str(first_only)))
     assert not (tmp_path / "other" / "latest.pt").exists()
+
+
+def test_coarse_degradation_is_a_setting_of_refine_runs_only(tmp_path):
+    """--coarse-blur/--coarse-noise are kept with a refine run (a resume cannot change them, an
+    older run reads as the values it trained with) and refused, before anything is written, for a
+    first stage, which has no coarse input."""
+    data = qa_data.linked_cases(brats_or_skip()[:2], tmp_path / "data")
+    options = replace(
+        tiny_options(tmp_path / "run", data, tmp_path / "cache"), preset="tiny-refine", iterations=2, save_every=2,
+        coarse_blur=2.5, coarse_noise=0.05,
+    )
+    train(options)
+    state = torch.load(tmp_path / "run" / "latest.pt", weights_only=True)["training_state"]
+    assert state["settings"]["coarse_blur"] == 2.5 and state["settings"]["coarse_noise"] == 0.05
+    with pytest.raises(PowdrError, match="--coarse-blur 1.0 differs from the run being resumed"):
+        train(replace(options, resume=True, iterations=3, coarse_blur=1.0))
+    stored = {k: v for k, v in state["settings"].items() if not k.startswith("coarse_")}
+    assert resolve_settings(replace(options, coarse_blur=None, coarse_noise=None), stored).coarse_blur == COARSE_BLUR
+
+    with pytest.raises(PowdrError, match="the tiny preset has none"):
+        train(replace(options, out=str(tmp_path / "first"), preset="tiny", coarse_noise=None))
+    assert not (tmp_path / "first" / "latest.pt").exists()
+    with pytest.raises(PowdrError, match="--coarse-blur must lie in"):
+        train(replace(options, out=str(tmp_path / "far"), coarse_blur=9.0))
+
+
+def test_stronger_coarse_degradation_takes_more_detail_away():
+    """The refine stage's coarse input keeps less of the true image's detail the larger
+    --coarse-blur is; with no blur and no noise it is the true image itself."""
+    rng = np.random.default_rng(0)
+    coarse = torch.from_numpy(rng.uniform(-1, 1, (8, 1, 16, 16, 12)).astype(np.float32))
+
+    def detail_kept(blur: float) -> float:
+        degraded = degrade_coarse(coarse, torch.Generator().manual_seed(3), blur, 0.0)
+        return float((degraded - degraded.mean()).square().mean() / (coarse - coarse.mean()).square().mean())
+
+    same = degrade_coarse(coarse, torch.Generator().manual_seed(3), 0.0, 0.0)
+    assert torch.equal(same, coarse)
+    assert detail_kept(2.5) < 0.8 * detail_kept(1.0) < 0.8
 
 
 # ------------------------------------------------------------------ warps

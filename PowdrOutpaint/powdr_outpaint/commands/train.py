@@ -55,6 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--max-timestep", type=int, default=None, metavar="N",
                        help="train only on timesteps below N: an expert for a first stage's last, least noisy "
                             "steps, which `cascade --expert` adds to a model (default: every timestep)")
+    model.add_argument("--coarse-blur", type=float, default=None, metavar="S",
+                       help="refine preset: blur its true coarse input by up to S coarse voxels (Gaussian sigma), "
+                            "so it learns to add what a first stage's blurrier image lacks (default 1)")
+    model.add_argument("--coarse-noise", type=float, default=None, metavar="N",
+                       help="refine preset: add noise of std up to N (model intensities) to its coarse input "
+                            "(default 0.03)")
     model.add_argument("--init-from", default=None, metavar="CKPT",
                        help="start a new run from the weights of a checkpoint of the same preset (fine-tuning); "
                             "from a cascade, the stage this run trains")

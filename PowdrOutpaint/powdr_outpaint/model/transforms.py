@@ -87,8 +87,14 @@ def blur(volume: torch.Tensor, sigma: float) -> torch.Tensor:
     return out
 
 
+#: The refine stage's default conditioning augmentation (``train --coarse-blur/--coarse-noise``):
+#: the largest Gaussian blur, in coarse voxels, and the largest noise std, in model intensities.
+COARSE_BLUR = 1.0
+COARSE_NOISE = 0.03
+
+
 def degrade_coarse(
-    coarse: torch.Tensor, generator: torch.Generator, max_blur: float = 1.0, max_noise: float = 0.03
+    coarse: torch.Tensor, generator: torch.Generator, max_blur: float = COARSE_BLUR, max_noise: float = COARSE_NOISE
 ) -> torch.Tensor:
     """A true half-resolution image made as imperfect as a first stage's output.
 

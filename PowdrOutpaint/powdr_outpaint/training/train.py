@@ -36,6 +36,8 @@ from ..model.presets import get_preset
 from ..model.runtime import FastForward, auto_precision, emulated_bf16_warning
 from ..model.samplers import Sampler
 from ..model.transforms import (
+    COARSE_BLUR,
+    COARSE_NOISE,
     clip_in_image_space,
     coarse_of,
     condition_image,
@@ -85,6 +87,9 @@ class RunSettings:
     input_skip: bool = False
     low_noise_weight: float = 0.0
     max_timestep: int = 0  # 0: every timestep; N: only t < N (an expert for the last steps)
+    # A refine stage's conditioning augmentation; runs stored before these trained with these values.
+    coarse_blur: float = COARSE_BLUR
+    coarse_noise: float = COARSE_NOISE
 
 
 @dataclass
@@ -110,6 +115,8 @@ class TrainOptions:
     input_skip: bool | None = None
     low_noise_weight: float | None = None
     max_timestep: int | None = None
+    coarse_blur: float | None = None
+    coarse_noise: float | None = None
     init_from: str | None = None
     iterations: int = 200_000
     save_every: int = 1000
@@ -144,6 +151,9 @@ class TrainOptions:
             (self.low_noise_weight is None or self.low_noise_weight == 0 or self.low_noise_weight >= 1,
              "--low-noise-weight must be 0 (off) or at least 1"),
             (self.max_timestep is None or self.max_timestep >= 0, "--max-timestep must be 0 (all) or more"),
+            (self.coarse_blur is None or 0.0 <= self.coarse_blur <= 4.0,
+             "--coarse-blur must lie in [0, 4] coarse voxels"),
+            (self.coarse_noise is None or 0.0 <= self.coarse_noise <= 0.5, "--coarse-noise must lie in [0, 0.5]"),
             (self.workers is None or self.workers >= 0, "--workers must be 0 or more"),
             (self.threads is None or self.threads >= 1, "--threads must be at least 1"),
             (self.condition is None or self.condition in CONDITIONS,
@@ -178,6 +188,8 @@ def resolve_settings(options: TrainOptions, stored: dict[str, Any] | None) -> Ru
         "input_skip": options.input_skip,
         "low_noise_weight": options.low_noise_weight,
         "max_timestep": options.max_timestep,
+        "coarse_blur": options.coarse_blur,
+        "coarse_noise": options.coarse_noise,
     }
     if stored is not None:
         settings = RunSettings(**{f.name: stored[f.name] for f in fields(RunSettings) if f.name in stored})
@@ -219,6 +231,8 @@ def resolve_settings(options: TrainOptions, stored: dict[str, Any] | None) -> Ru
         input_skip=bool(options.input_skip),
         low_noise_weight=options.low_noise_weight or 0.0,
         max_timestep=options.max_timestep or 0,
+        coarse_blur=COARSE_BLUR if options.coarse_blur is None else options.coarse_blur,
+        coarse_noise=COARSE_NOISE if options.coarse_noise is None else options.coarse_noise,
     )
 
 
@@ -344,6 +358,10 @@ class Trainer:
         if settings.max_timestep and self.config.stage != "outpaint":
             raise PowdrError("--max-timestep trains an expert for a first stage; the refine preset has none")
         self.timestep_limit = settings.max_timestep or timesteps
+        coarse_set = options.coarse_blur is not None or options.coarse_noise is not None
+        if coarse_set and self.config.stage != "refine":
+            raise PowdrError("--coarse-blur and --coarse-noise degrade a refine stage's coarse input; "
+                             f"the {settings.preset} preset has none")
         self.workers = options.workers if options.workers is not None else (2 if self.device.type == "cuda" else 0)
         if self.main:
             out.mkdir(parents=True, exist_ok=True)
@@ -551,7 +569,7 @@ class Trainer:
             target = image_to_wavelet(image, self.lll)
             condition = make_condition(image, mask, self.lll)
             if self.config.stage == "refine":
-                coarse = degrade_coarse(coarse_of(image), generator)
+                coarse = degrade_coarse(coarse_of(image), generator, settings.coarse_blur, settings.coarse_noise)
                 condition = torch.cat([condition, coarse], dim=1)
             noise = torch.randn(target.shape, generator=generator, device=device)
             noisy = self.schedule.q_sample(target, t, noise)
