@@ -135,6 +135,9 @@ def readModelCard(checkpointPath: str) -> dict:
         _require(isinstance(fromTimestep, int) and not isinstance(fromTimestep, bool) and fromTimestep >= 0,
                  name, "guidance start")
         card["guide"]["from_timestep"] = fromTimestep
+        bands = guide.get("bands", "all")
+        _require(bands in ("all", "detail"), name, "guided subbands")
+        card["guide"]["bands"] = bands
     return card
 
 
@@ -265,7 +268,8 @@ def formatModelCard(card: dict) -> str:
         iterations = (guide.get("training") or {}).get("iterations")
         fromTimestep = guide.get("from_timestep")
         lines.append(f"Guided by a weaker first stage (weight {guide.get('weight'):g}"
-                     + (f", on timesteps from {fromTimestep} up" if fromTimestep else "") + ")"
+                     + (f", on timesteps from {fromTimestep} up" if fromTimestep else "")
+                     + (", detail subbands only" if guide.get("bands") == "detail" else "") + ")"
                      + (f", {iterations} iterations" if iterations else ""))
         if isinstance(parameters, (int, float)) and isinstance(guide.get("parameters"), (int, float)):
             parameters = parameters + guide["parameters"]

@@ -54,6 +54,22 @@ def test_guidance_leaves_the_steps_below_its_start_to_the_first_stage_and_skips_
     assert calls == []  # the last steps cost one network call, not two
 
 
+def test_detail_guidance_keeps_the_first_stages_low_pass_band_of_every_sequence():
+    """Guiding the detail only: the low-pass subband of each sequence (the first S of the 8 S
+    channels) is the first stage's own; the seven detail subbands are guided as before."""
+    x = torch.randn(2, 32, 2, 2, 2, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([999, 500])
+    first = lambda x, t: x[:, :16] * 2.0  # noqa: E731 - two sequences: 16 subbands
+    guide = lambda x, t: x[:, :16] - 1.0  # noqa: E731
+    everything = AutoGuidance(first, guide, 3.0)(x, t)
+    detail = AutoGuidance(first, guide, 3.0, bands="detail")(x, t)
+    torch.testing.assert_close(detail[:, :2], first(x, t)[:, :2])
+    torch.testing.assert_close(detail[:, 2:], everything[:, 2:])
+    assert not torch.allclose(everything[:, :2], first(x, t)[:, :2])
+    with pytest.raises(ValueError):
+        AutoGuidance(first, guide, 3.0, bands="low")
+
+
 @pytest.fixture(scope="module")
 def stages(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("guide")
@@ -68,7 +84,8 @@ def test_cascade_stores_the_guide_and_its_weight_and_refuses_what_cannot_guide(s
     guided = save_cascade(stages["first"], stages["refine"], tmp_path / "g.pt", guide_path=stages["guide"])
     model = load_model(guided)
     assert model.guide is not None and model.guidance == 2.0 and model.refiner is not None
-    assert model.guidance_from == 30
+    assert model.guidance_from == 30 and model.guided_bands == "detail"
+    assert load_model(save_cascade(guided, None, tmp_path / "a.pt", guided_bands="all")).guided_bands == "all"
     # Re-weighing keeps the guide (and the refine stage) of the --first file.
     reweighed = load_model(save_cascade(guided, None, tmp_path / "w.pt", guidance=1.5))
     assert reweighed.guidance == 1.5 and reweighed.refiner is not None and reweighed.guidance_from == 30
@@ -89,6 +106,10 @@ def test_cascade_stores_the_guide_and_its_weight_and_refuses_what_cannot_guide(s
         save_cascade(stages["first"], None, tmp_path / "x.pt", guide_path=stages["guide"], guidance_from=1001)
     with pytest.raises(CheckpointError, match="a guidance start needs a guide"):
         save_cascade(stages["first"], stages["refine"], tmp_path / "x.pt", guidance_from=30)
+    with pytest.raises(CheckpointError, match="guided subbands need a guide"):
+        save_cascade(stages["first"], stages["refine"], tmp_path / "x.pt", guided_bands="detail")
+    with pytest.raises(CheckpointError, match="the guided subbands of the cascade must be one of all, detail"):
+        save_cascade(stages["first"], None, tmp_path / "x.pt", guide_path=stages["guide"], guided_bands="low")
     assert not (tmp_path / "x.pt").exists()
 
 
@@ -110,6 +131,16 @@ def test_a_file_with_a_tampered_weight_is_refused_in_one_sentence(stages, tmp_pa
     del payload["guide"]["from_timestep"]
     torch.save(payload, tmp_path / "old.pt")
     assert load_model(tmp_path / "old.pt").guidance_from == 0
+    payload["guide"]["from_timestep"] = 30
+    for bad in ("low", 1, None):
+        payload["guide"]["bands"] = bad
+        torch.save(payload, tmp_path / "bad.pt")
+        with pytest.raises(CheckpointError, match="the guided subbands of bad.pt must be one of all, detail"):
+            load_model(tmp_path / "bad.pt")
+    # ... and on every subband.
+    del payload["guide"]["bands"], payload["guide"]["from_timestep"]
+    torch.save(payload, tmp_path / "old.pt")
+    assert load_model(tmp_path / "old.pt").guided_bands == "all"
 
 
 def test_info_shows_the_guide(stages, tmp_path):
@@ -119,7 +150,7 @@ def test_info_shows_the_guide(stages, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     card = json.loads(result.stdout)
     assert card["guide"]["weight"] == 3.0 and card["guide"]["parameters"] == card["parameters"]
-    assert card["guide"]["from_timestep"] == 30
+    assert card["guide"]["from_timestep"] == 30 and card["guide"]["bands"] == "detail"
 
 
 def test_guidance_changes_the_new_tissue_only_and_weight_one_is_the_first_stage(stages, brats_case, tmp_path):
@@ -134,7 +165,11 @@ def test_guidance_changes_the_new_tissue_only_and_weight_one_is_the_first_stage(
 
     guided = save_cascade(first, None, tmp_path / "guided.pt", guide_path=stages["guide"])
     changed, recorded = _sample(brats_case, guided, tmp_path / "changed")
-    assert recorded["guidance"] == 2.0 and recorded["guidance_from"] == 30
+    assert recorded["guidance"] == 2.0 and recorded["guidance_from"] == 30 and recorded["guided_bands"] == "detail"
+    # Guiding the low-pass band too is another sample.
+    everything, recorded = _sample(brats_case, guided, tmp_path / "all", "--guided-bands", "all")
+    assert recorded["guided_bands"] == "all"
+    assert np.abs(everything - changed).max() > 0
     unguided, recorded = _sample(brats_case, guided, tmp_path / "unguided", "--guidance", 1)
     assert recorded["guidance"] == 1.0
     np.testing.assert_array_equal(unguided, alone)
@@ -161,6 +196,8 @@ def test_a_guidance_weight_out_of_range_or_without_a_guide_is_refused(stages, br
     assert "--guidance 2 needs a checkpoint with a guide, and first.pt has none" in refused(2, tmp_path / "none")
     assert "--guidance-from needs a checkpoint with a guide, and first.pt has none" in refused(
         1, tmp_path / "from", "--guidance-from", 30)
+    assert "--guided-bands needs a checkpoint with a guide, and first.pt has none" in refused(
+        1, tmp_path / "bands", "--guided-bands", "detail")
     guided = save_cascade(stages["first"], None, tmp_path / "g.pt", guide_path=stages["guide"])
     assert "--guidance-from must lie from 0 to 1000" in refused(
         2, tmp_path / "past", "--guidance-from", 1001, checkpoint=guided)

@@ -445,7 +445,7 @@ def test_model_card_needs_no_torch_and_matches_the_engine(tinyCheckpoint, tmp_pa
     assert f"{(cards[2]['parameters'] + cards[2]['refine']['parameters']) / 1e6:.2f} M" in text
     text = formatModelCard(cards[3])
     assert "Last-steps expert: timesteps below 100" in text
-    assert "Guided by a weaker first stage (weight 2.5, on timesteps from 30 up)" in text
+    assert "Guided by a weaker first stage (weight 2.5, on timesteps from 30 up, detail subbands only)" in text
     total = sum(cards[3][key]["parameters"] for key in ("refine", "expert", "guide")) + cards[3]["parameters"]
     assert f"Parameters: {total / 1e6:.2f} M" in text
 

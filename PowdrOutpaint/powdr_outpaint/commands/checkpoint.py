@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import PowdrError
 from ..model.checkpoint import (
+    GUIDED_BANDS,
     STAGE_SECTIONS,
     WEIGHT_DTYPES,
     expert_of,
@@ -77,6 +78,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cascade.add_argument("--guidance-from", type=int, default=None, metavar="T",
                          help="the guide acts on the steps at timestep T or above, 0-1000 (default 30 for a "
                               "new guide; 'sample --guidance-from' overrides it)")
+    cascade.add_argument("--guided-bands", choices=GUIDED_BANDS, default=None,
+                         help="the subbands the guide acts on: detail (default for a new guide: the low-pass band "
+                              "from the first stage alone) or all; 'sample --guided-bands' overrides it")
     cascade.add_argument("--weights", choices=sorted(WEIGHT_DTYPES), default="fp32",
                          help="store the weights in fp32 (default) or fp16 (half the file)")
     cascade.add_argument("--out", required=True, help="the joined checkpoint to write (.pt)")
@@ -107,6 +111,7 @@ def _info(args: argparse.Namespace) -> int:
         card["guide"]["parameters"] = count_parameters(OutpaintUNet(guide.config.network, guide.config.diffusion))
         card["guide"]["weight"] = guide.weight
         card["guide"]["from_timestep"] = guide.from_timestep
+        card["guide"]["bands"] = guide.bands
     if args.json:
         print(json.dumps(card))
     else:
@@ -132,6 +137,7 @@ def _cascade(args: argparse.Namespace) -> int:
     path = save_cascade(
         args.first, args.refine, args.out, expert_path=args.expert, weights=args.weights,
         guide_path=args.guide, guidance=args.guidance, guidance_from=args.guidance_from,
+        guided_bands=args.guided_bands,
     )
     print(f"wrote the cascade {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0

@@ -99,6 +99,7 @@ def _run(args: argparse.Namespace) -> int:
         expert=not args.no_expert,
         guidance=args.guidance,
         guidance_from=args.guidance_from,
+        guided_bands=args.guided_bands,
     )
     summary = run_generate(cases, args.checkpoint, args.out, options, args.progress, rank, world)
     prefix = f"[rank {rank}/{world}] " if world > 1 else ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..model.checkpoint import GUIDED_BANDS
 from ..model.samplers import SAMPLERS
 from ..outpainting.outpaint import (
     DEFAULT_SAMPLER,
@@ -75,6 +76,10 @@ def add_refine_options(parser: argparse.ArgumentParser) -> None:
                         help="guide only the steps at timestep T or above (default: the start stored with the "
                              "guide; 0: every step); the last, nearly clean steps below T run the first stage "
                              "alone, since guiding them draws blotches")
+    parser.add_argument("--guided-bands", choices=GUIDED_BANDS, default=None,
+                        help="the subbands the guide acts on (default: those stored with it); detail: the seven "
+                             "detail subbands, the low-pass band (tissue level, coarse layout) from the first "
+                             "stage alone; all: every subband, which can brighten or darken whole regions")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -95,6 +100,7 @@ def _run(args: argparse.Namespace) -> int:
         expert=not args.no_expert,
         guidance=args.guidance,
         guidance_from=args.guidance_from,
+        guided_bands=args.guided_bands,
         tissue_level=args.tissue_level,
     )
     progress = Progress(args.progress, min_interval_s=0.2)

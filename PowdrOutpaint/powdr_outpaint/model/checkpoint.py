@@ -9,7 +9,8 @@ the file loads with ``torch.load(..., weights_only=True)`` and no code runs)::
      "refiner": {"config": ..., "weights": ...},   # optional: a cascade's refine stage
      "expert": {"config": ..., "weights": ...},    # optional: the first stage's last steps
      "guide": {"config": ..., "weights": ..., "weight": w,   # optional: autoguidance,
-               "from_timestep": n},        # on steps with t >= n only (absent: 0, every step)
+               "from_timestep": n,         # on steps with t >= n only (absent: 0, every step)
+               "bands": "detail"},         # guided subbands: "all" (absent) or "detail"
      ...}                                  # training state, ignored here
 
 Weights may be stored in float16 (``--weights fp16``) to halve the file; they are loaded
@@ -237,6 +238,7 @@ class LoadedModel:
     guide: "LoadedModel | None" = None  # a weaker first stage that guides this one (autoguidance)
     guidance: float = 1.0  # the stored guidance weight (1: the first stage alone)
     guidance_from: int = 0  # the guide acts on steps with t >= this; below, the first stage alone
+    guided_bands: str = "all"  # the subbands the guide acts on: "all", or "detail" (not the low-pass)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -388,10 +390,27 @@ def check_guidance_from(timestep: Any, where: str, timesteps: int) -> int:
     return int(timestep)
 
 
+#: The subbands autoguidance may act on: "all" eight, or the seven "detail" ones, leaving the
+#: low-pass band (the tissue level and the coarse layout) to the first stage alone.
+GUIDED_BANDS = ("all", "detail")
+#: What ``cascade --guide`` stores when none is given: guiding the low-pass band moves the whole
+#: brain's brightness with the two networks' difference of level, not its anatomy (model card,
+#: *Guiding the detail only*).
+DEFAULT_GUIDED_BANDS = "detail"
+
+
+def check_guided_bands(bands: Any, where: str) -> str:
+    """The guided subbands ("all" or "detail"), or CheckpointError naming ``where``."""
+    if bands not in GUIDED_BANDS:
+        raise CheckpointError(f"the guided subbands of {where} must be one of {', '.join(GUIDED_BANDS)}")
+    return str(bands)
+
+
 class GuideSection(NamedTuple):
     config: ModelConfig
     weight: float
     from_timestep: int
+    bands: str = "all"
 
 
 def guide_of(payload: dict[str, Any], first: ModelConfig, name: str) -> GuideSection | None:
@@ -405,6 +424,7 @@ def guide_of(payload: dict[str, Any], first: ModelConfig, name: str) -> GuideSec
         config,
         check_guidance(section.get("weight"), name),
         check_guidance_from(section.get("from_timestep", 0), name, first.diffusion.timesteps),
+        check_guided_bands(section.get("bands", "all"), name),
     )
 
 
@@ -484,6 +504,7 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
         config=config, network=network, sha256=file_sha256(path), path=path, extra=extra, refiner=refiner,
         expert=expert, guide=guide, guidance=guide_section.weight if guide_section else 1.0,
         guidance_from=guide_section.from_timestep if guide_section else 0,
+        guided_bands=guide_section.bands if guide_section else "all",
     )
 
 
@@ -517,6 +538,7 @@ def save_cascade(
     guide_path: str | os.PathLike | None = None,
     guidance: float | None = None,
     guidance_from: int | None = None,
+    guided_bands: str | None = None,
 ) -> Path:
     """Join a first stage with a refine stage and/or an expert for its last steps into one
     sampling checkpoint (no training state).
@@ -527,7 +549,8 @@ def save_cascade(
     when it holds one. ``guide_path`` adds a weaker first stage for autoguidance (its first
     stage when it is a cascade) with weight ``guidance`` (default DEFAULT_GUIDANCE; given alone, it re-weighs
     the guide of the first file); it acts on the steps with t >= ``guidance_from`` (default
-    DEFAULT_GUIDANCE_FROM for a new guide). ``weights`` "fp16" stores every weight in half precision.
+    DEFAULT_GUIDANCE_FROM for a new guide), on ``guided_bands`` (default DEFAULT_GUIDED_BANDS for a
+    new guide). ``weights`` "fp16" stores every weight in half precision.
     """
     config, first_payload = read_checkpoint(first_path)
     first, first_weights = _stage_of(config, first_payload, "outpaint", Path(first_path).name)
@@ -552,7 +575,7 @@ def save_cascade(
         check_guide(guide, first, Path(guide_path).name)
         extra["guide"] = {
             "config": guide.to_json(), "weights": stored_weights(guide_weights, weights), "weight": DEFAULT_GUIDANCE,
-            "from_timestep": DEFAULT_GUIDANCE_FROM,
+            "from_timestep": DEFAULT_GUIDANCE_FROM, "bands": DEFAULT_GUIDED_BANDS,
         }
     for name in STAGE_SECTIONS:
         if name not in extra and name in first_payload:
@@ -565,6 +588,10 @@ def save_cascade(
         if "guide" not in extra:
             raise CheckpointError("a guidance start needs a guide: give one with --guide")
         extra["guide"]["from_timestep"] = check_guidance_from(guidance_from, "the cascade", first.diffusion.timesteps)
+    if guided_bands is not None:
+        if "guide" not in extra:
+            raise CheckpointError("guided subbands need a guide: give one with --guide")
+        extra["guide"]["bands"] = check_guided_bands(guided_bands, "the cascade")
     if not extra:
         raise CheckpointError("a cascade needs a refine stage, an expert for the last steps, a guide, or more")
     return save_checkpoint(path, first, first_weights, extra, weights_dtype=weights)

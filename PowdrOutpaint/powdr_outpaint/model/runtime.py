@@ -159,11 +159,19 @@ class AutoGuidance:
     clean last steps both networks hand their input back, nearly, and their difference is mostly
     the guide's extra smoothing: stepping past it there sharpens noise into blotches, so the guide
     can be left out of those steps (which also saves its network call).
+
+    ``bands`` "detail" guides only the seven detail subbands of each sequence and keeps the main
+    network's low-pass band (the first S of the 8 S channels of x0): the two networks also differ
+    in the level they give the whole brain, and stepping past that difference brightens or darkens
+    whole regions instead of adding structure.
     """
 
-    def __init__(self, main, guide, weight: float, from_timestep: int = 0):
+    def __init__(self, main, guide, weight: float, from_timestep: int = 0, bands: str = "all"):
+        if bands not in ("all", "detail"):
+            raise ValueError(f"unknown guided subbands {bands!r}")
         self.main, self.guide, self.weight = main, guide, float(weight)
         self.from_timestep = int(from_timestep)
+        self.bands = bands
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         guided = t >= self.from_timestep
@@ -172,6 +180,9 @@ class AutoGuidance:
         main = self.main(x, t)
         guide = self.guide(x, t)
         out = guide + self.weight * (main - guide)
+        if self.bands == "detail":
+            low_pass = main.shape[1] // 8
+            out[:, :low_pass] = main[:, :low_pass]
         if bool(guided.all()):
             return out
         return torch.where(guided.reshape(-1, *([1] * (x.dim() - 1))), out, main)

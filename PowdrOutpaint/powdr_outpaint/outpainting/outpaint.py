@@ -34,7 +34,7 @@ from ..imaging.preprocess import (
     to_input_grid,
 )
 from ..imaging.volume_io import Volume, load_volume, save_nifti, stem_of
-from ..model.checkpoint import GUIDANCE_RANGE, LoadedModel, load_model
+from ..model.checkpoint import GUIDANCE_RANGE, GUIDED_BANDS, LoadedModel, load_model
 from ..model.diffusion import Schedule
 from ..model.runtime import AutoGuidance, ExpertRouting, FastForward, emulated_bf16_warning, resolve_device
 from ..model.samplers import SAMPLERS, Sampler
@@ -77,6 +77,7 @@ class OutpaintOptions:
     expert_outline: bool = True  # the expert draws inside the whole-range network's head only
     guidance: float | None = None  # autoguidance weight; None: the checkpoint's, 1: no guidance
     guidance_from: int | None = None  # guide only steps with t >= this; None: the checkpoint's
+    guided_bands: str | None = None  # "all" or "detail" subbands; None: the checkpoint's
 
     def validate(self) -> None:
         if self.samples < 1:
@@ -104,6 +105,8 @@ class OutpaintOptions:
             raise PowdrError(f"--guidance must lie from {low:g} to {high:g} (1: no guidance)")
         if self.guidance_from is not None and self.guidance_from < 0:
             raise PowdrError("--guidance-from must be a timestep of 0 or more (0: guide every step)")
+        if self.guided_bands is not None and self.guided_bands not in GUIDED_BANDS:
+            raise PowdrError(f"--guided-bands must be one of {', '.join(GUIDED_BANDS)}")
 
 
 def output_names(stem: str, samples: int) -> dict[str, object]:
@@ -339,6 +342,18 @@ def effective_guidance_from(model: LoadedModel, guidance_from: int | None) -> in
     return int(guidance_from)
 
 
+def effective_guided_bands(model: LoadedModel, guided_bands: str | None) -> str:
+    """The subbands a run guides: ``guided_bands`` or the stored ones; refused without a guide."""
+    if model.guide is None:
+        if guided_bands is not None:
+            raise PowdrError(
+                f"--guided-bands needs a checkpoint with a guide, and {model.path.name} has none "
+                "(add one with 'powdr-outpaint cascade --guide')"
+            )
+        return "all"
+    return model.guided_bands if guided_bands is None else guided_bands
+
+
 def first_stage_forward(
     model: LoadedModel,
     device: torch.device,
@@ -347,12 +362,14 @@ def first_stage_forward(
     keep_outline: bool = True,
     guidance: float | None = None,
     guidance_from: int | None = None,
+    guided_bands: str | None = None,
 ):
     """The first stage's x0 prediction (x, t) -> x0, its expert's below the expert's limit
     when the model holds one and ``expert`` is true.
 
     A model with a guide runs with autoguidance (:class:`AutoGuidance`) at the weight
-    :func:`effective_guidance` gives, on the steps from :func:`effective_guidance_from` up. With
+    :func:`effective_guidance` gives, on the steps from :func:`effective_guidance_from` up and the
+    subbands :func:`effective_guided_bands` names. With
     ``keep_outline`` the expert draws only inside the head that the whole-range network predicts
     at the same step (:func:`keep_main_background`).
     """
@@ -361,7 +378,7 @@ def first_stage_forward(
     if weight != 1.0:
         forward = AutoGuidance(
             forward, FastForward(model.guide.network, device, precision), weight,
-            effective_guidance_from(model, guidance_from),
+            effective_guidance_from(model, guidance_from), effective_guided_bands(model, guided_bands),
         )
     if not expert or model.expert is None:
         return forward
@@ -385,7 +402,7 @@ def iter_samples(
     sampler = Sampler(Schedule.from_config(config.diffusion), options.sampler, options.steps, options.eta)
     forward = first_stage_forward(
         case.model, device, options.precision, options.expert, options.expert_outline, options.guidance,
-        options.guidance_from,
+        options.guidance_from, options.guided_bands,
     )
     image = torch.from_numpy(case.model_images)[None].to(device)
     lesion = torch.from_numpy(case.prepared.model_lesion)[None, None].to(device)
@@ -503,6 +520,7 @@ def run_outpaint(
     # Guidance options the checkpoint cannot honour are refused before anything is written.
     guidance = effective_guidance(model, options.guidance)
     guidance_from = effective_guidance_from(model, options.guidance_from)
+    guided_bands = effective_guided_bands(model, options.guided_bands)
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -584,6 +602,8 @@ def run_outpaint(
         "guidance": guidance,
         # The timestep from which it was guided (steps with t >= it; 0: every step).
         "guidance_from": guidance_from,
+        # ... on these subbands ("all", or "detail": the low-pass band from the first stage alone).
+        "guided_bands": guided_bands,
         "options": asdict(options),
         "device": str(device),
         "precision": FastForward.resolve(options.precision, device),
