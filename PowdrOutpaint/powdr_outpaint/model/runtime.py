@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import PowdrError
+from .checkpoint import GUIDED_BANDS
 
 
 def require_numpy_bridge() -> None:
@@ -167,7 +168,7 @@ class AutoGuidance:
     """
 
     def __init__(self, main, guide, weight: float, from_timestep: int = 0, bands: str = "all"):
-        if bands not in ("all", "detail"):
+        if bands not in GUIDED_BANDS:
             raise ValueError(f"unknown guided subbands {bands!r}")
         self.main, self.guide, self.weight = main, guide, float(weight)
         self.from_timestep = int(from_timestep)
