@@ -306,6 +306,14 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _guide_needed(model: LoadedModel, flag: str) -> PowdrError:
+    """The one sentence for a guidance option given for a checkpoint that holds no guide."""
+    return PowdrError(
+        f"{flag} needs a checkpoint with a guide, and {model.path.name} has none "
+        "(add one with 'powdr-outpaint cascade --guide')"
+    )
+
+
 def effective_guidance(model: LoadedModel, guidance: float | None) -> float:
     """The autoguidance weight a run uses: 1 (none) without a guide, else ``guidance`` or the stored one.
 
@@ -313,10 +321,7 @@ def effective_guidance(model: LoadedModel, guidance: float | None) -> float:
     """
     if model.guide is None:
         if guidance is not None and guidance != 1.0:
-            raise PowdrError(
-                f"--guidance {guidance:g} needs a checkpoint with a guide, and {model.path.name} has none "
-                "(add one with 'powdr-outpaint cascade --guide')"
-            )
+            raise _guide_needed(model, f"--guidance {guidance:g}")
         return 1.0
     return model.guidance if guidance is None else float(guidance)
 
@@ -329,10 +334,7 @@ def effective_guidance_from(model: LoadedModel, guidance_from: int | None) -> in
     """
     if model.guide is None:
         if guidance_from is not None:
-            raise PowdrError(
-                f"--guidance-from needs a checkpoint with a guide, and {model.path.name} has none "
-                "(add one with 'powdr-outpaint cascade --guide')"
-            )
+            raise _guide_needed(model, "--guidance-from")
         return 0
     if guidance_from is None:
         return model.guidance_from
@@ -346,10 +348,7 @@ def effective_guided_bands(model: LoadedModel, guided_bands: str | None) -> str:
     """The subbands a run guides: ``guided_bands`` or the stored ones; refused without a guide."""
     if model.guide is None:
         if guided_bands is not None:
-            raise PowdrError(
-                f"--guided-bands needs a checkpoint with a guide, and {model.path.name} has none "
-                "(add one with 'powdr-outpaint cascade --guide')"
-            )
+            raise _guide_needed(model, "--guided-bands")
         return "all"
     return model.guided_bands if guided_bands is None else guided_bands
 
