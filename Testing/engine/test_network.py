@@ -162,3 +162,16 @@ def test_input_skip_adds_no_weights_and_runs_in_bf16():
     fast = FastForward(skip, torch.device("cpu"), precision="bf16")(x, t)
     assert fast.dtype == torch.float32
     assert (fast - full).abs().max() < 0.1 * full.abs().max()
+
+
+def test_a_wide_first_stage_cascade_fits_the_bundle_size_and_shares_the_demo_grid():
+    """demo-wide is meant to replace the bundled first stage: with the refine stage and a
+    demo-guide guide, its fp16 weights must stay under the 25 MB a bundled file may take, and it
+    must work on the demo grid, which the refine stage and the guide are built for."""
+    wide, demo = get_preset("demo-wide"), get_preset("demo")
+    assert wide.grid == demo.grid and wide.network.in_channels == demo.network.in_channels
+    with torch.device("meta"):
+        counts = {name: count_parameters(OutpaintUNet(get_preset(name).network))
+                  for name in ("demo-wide", "demo", "refine", "demo-guide")}
+    assert counts["demo-wide"] > 2 * counts["demo"]
+    assert 2 * (counts["demo-wide"] + counts["refine"] + counts["demo-guide"]) < 25e6

@@ -128,6 +128,19 @@ PRESETS: dict[str, Preset] = {
         network=replace(_DEMO.network, base_channels=16, head_channels=16),
         training=replace(_DEMO.training, augment=0.8),
     ),
+    # The demo network at 1.5x the width on the demo's grid: the demo network stops learning at
+    # an x0 loss of about 0.0064 and then misses a quarter of the detail even of a clean
+    # training image, so the next first stage is wider, sized so a cascade stays under 25 MB.
+    "demo-wide": replace(
+        _DEMO,
+        name="demo-wide",
+        description=(
+            "The demo network at 1.5x the width: base 48, 3 levels, the demo's 64x64x48 grid at 3.6 mm "
+            "(6.6 M parameters, 1.5x the demo's training time per iteration)."
+        ),
+        network=replace(_DEMO.network, base_channels=48),
+        training=replace(_DEMO.training, augment=0.8),
+    ),
     "refine": Preset(
         name="refine",
         description=(
