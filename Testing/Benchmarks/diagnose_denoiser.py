@@ -24,7 +24,8 @@ samples smoother than a real brain on this grid).
 A checkpoint with an expert for the last steps (``cascade --expert``) is measured with it,
 timesteps below its limit going to the expert (below ``--expert-below N`` only, to try a
 later hand-over), drawing inside the whole-range network's head as ``sample`` does
-(``--free-outline``: everywhere); ``--no-expert`` leaves it out.
+(``--free-outline``: everywhere); ``--no-expert`` leaves it out. A checkpoint with a guide is
+measured guided, as ``sample`` runs it; ``--no-guide`` measures the first stage alone.
 
 Usage:
     python Testing/Benchmarks/diagnose_denoiser.py --checkpoint CKPT \\
@@ -58,6 +59,8 @@ def main() -> None:
     parser.add_argument("--chain", type=int, default=0, metavar="N", help="also draw N first-stage samples")
     parser.add_argument("--no-expert", action="store_true",
                         help="leave out the expert for the last steps the checkpoint may hold")
+    parser.add_argument("--no-guide", action="store_true",
+                        help="leave out the guide the checkpoint may hold (the first stage alone)")
     parser.add_argument("--expert-below", type=int, default=0, metavar="N",
                         help="hand only the steps below N (under the expert's own limit) to the expert")
     parser.add_argument("--free-outline", action="store_true",
@@ -71,6 +74,8 @@ def main() -> None:
     schedule = Schedule.from_config(model.config.diffusion)
     if args.no_expert:
         model.expert = None  # also for the --chain samples
+    if args.no_guide:
+        model.guide = None  # also for the --chain samples
     elif args.expert_below and model.expert is not None:
         limit = model.expert.config.training.max_timestep
         if not 0 < args.expert_below <= limit:
