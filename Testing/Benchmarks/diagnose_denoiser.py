@@ -74,8 +74,6 @@ def main() -> None:
     schedule = Schedule.from_config(model.config.diffusion)
     if args.no_expert:
         model.expert = None  # also for the --chain samples
-    if args.no_guide:
-        model.guide = None  # also for the --chain samples
     elif args.expert_below and model.expert is not None:
         limit = model.expert.config.training.max_timestep
         if not 0 < args.expert_below <= limit:
@@ -84,6 +82,8 @@ def main() -> None:
         model.expert.config = replace(
             model.expert.config, training=replace(model.expert.config.training, max_timestep=args.expert_below)
         )
+    if args.no_guide:
+        model.guide = None  # also for the --chain samples
     forward = first_stage_forward(model, torch.device("cpu"), args.precision, keep_outline=not args.free_outline)
     if model.expert is not None:
         print(f"timesteps below {model.expert.config.training.max_timestep} go to the checkpoint's expert")

@@ -136,7 +136,7 @@ PRESETS: dict[str, Preset] = {
         name="demo-wide",
         description=(
             "The demo network at 1.5x the width: base 48, 3 levels, the demo's 64x64x48 grid at 3.6 mm "
-            "(6.6 M parameters, 1.5x the demo's training time per iteration)."
+            "(6.6 M parameters)."
         ),
         network=replace(_DEMO.network, base_channels=48),
         training=replace(_DEMO.training, augment=0.8),
