@@ -70,7 +70,7 @@ def main() -> None:
 
     torch.set_grad_enabled(False)
     model = load_model(args.checkpoint, "cpu")
-    lll = model.config.normalisation.lll_scale
+    lll = model.config.normalisation.subband_scale
     schedule = Schedule.from_config(model.config.diffusion)
     if args.no_expert:
         model.expert = None  # also for the --chain samples
@@ -149,7 +149,7 @@ def chain_figures(
         case.model.refiner = refiner
     # [-1, 1] images: half the distance from -1 is the fraction of the range.
     background = float(100 * np.sqrt(np.mean([np.mean(((image[far] + 1.0) / 2.0) ** 2) for image in images])))
-    lll = case.model.config.normalisation.lll_scale
+    lll = case.model.config.normalisation.subband_scale
     details = [image_to_wavelet(torch.from_numpy(image)[None, None], lll)[0][1:, region] for image in images]
     energy = float(np.mean([float(d.pow(2).mean()) for d in details]) / float(truth[1:].pow(2).mean()))
     return background, energy

@@ -63,7 +63,7 @@ def main() -> None:
     model = load_model(args.checkpoint)
     case = load_case(args.image, args.mask, model, None)
     config = model.config
-    lll = config.normalisation.lll_scale
+    lll = config.normalisation.subband_scale
     device = torch.device("cpu")
     forward = FastForward(model.network, device, args.precision)
     image = torch.from_numpy(case.prepared.model_image)[None, None]

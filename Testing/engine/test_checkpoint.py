@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from dataclasses import replace
 
 from powdr_outpaint.errors import CheckpointError
 from powdr_outpaint.model.checkpoint import (
@@ -102,6 +103,8 @@ def _rewrite_config(source, target, change):
         (lambda c: c["diffusion"].update(schedule="cosine"), "noise schedule"),
         (lambda c: c["training"].update(strategy="magic"), "strategy"),
         (lambda c: c.pop("network"), "lacks the field"),
+        (lambda c: c["normalisation"].update(detail_scale=0), "detail_scale"),
+        (lambda c: c["normalisation"].update(detail_scale=100.0), "detail_scale"),
     ],
 )
 def test_invalid_configurations_are_explained(tmp_path, change, message):
@@ -143,3 +146,17 @@ def test_strip_keeps_config_and_sampling_weights_and_drops_training_state(tmp_pa
     )
     assert same.returncode != 0 and "must differ" in same.stderr
     assert "training_state" in read_checkpoint(training)[1]
+
+
+def test_detail_scale_travels_in_the_file_and_unscaled_files_read_as_before(tmp_path):
+    """A first stage trained with scaled detail bands must be sampled with the same scale; files
+    without it (every model before it, and unscaled models now) keep the layout older versions read."""
+    config, payload = read_checkpoint(initial_checkpoint(tmp_path / "plain.pt", "tiny"))
+    assert config.normalisation.detail_scale == 1.0
+    assert "detail_scale" not in json.loads(payload["config"])["normalisation"]
+    scaled = replace(config, normalisation=replace(config.normalisation, detail_scale=4.0))
+    path = save_checkpoint(tmp_path / "scaled.pt", scaled, payload["weights"])
+    loaded = load_model(path)
+    assert loaded.config.normalisation.detail_scale == 4.0
+    assert loaded.config.normalisation.subband_scale.detail == 4.0
+    assert loaded.config.card()["detail_scale"] == 4.0

@@ -92,7 +92,7 @@ def test_on_the_expert_steps_the_air_stays_where_the_whole_range_network_put_it(
         return call
 
     route = ExpertRouting(network("main", head), network("expert", drawn), below=200,
-                          merge=functools.partial(keep_main_background, lll_scale=lll))
+                          merge=functools.partial(keep_main_background, scale=lll))
     late = wavelet_to_image(route(torch.zeros((2, 16, 4, 4, 4)), torch.tensor([10, 10])), lll)
     air = (head <= -0.99).expand_as(late)
     assert air.any() and (~air).any()

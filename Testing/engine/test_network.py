@@ -4,9 +4,12 @@ import pytest
 import torch
 
 from powdr_outpaint.model.diffusion import DiffusionConfig, Schedule
-from powdr_outpaint.model.network import AttentionBlock, NetworkConfig, OutpaintUNet, count_parameters, skip_weights
+from powdr_outpaint.model.network import (
+    AttentionBlock, NetworkConfig, OutpaintUNet, count_parameters, rescale_detail_io, skip_weights,
+)
 from powdr_outpaint.model.presets import PRESETS, get_preset
 from powdr_outpaint.model.runtime import FastForward
+from powdr_outpaint.model.transforms import SubbandScale, image_to_wavelet, make_condition, wavelet_to_image
 
 REFERENCE_PARAMETERS = 81.5e6  # the public reference network at the paper's settings
 
@@ -175,3 +178,33 @@ def test_a_wide_first_stage_cascade_fits_the_bundle_size_and_shares_the_demo_gri
                   for name in ("demo-wide", "demo", "refine", "demo-guide")}
     assert counts["demo-wide"] > 2 * counts["demo"]
     assert 2 * (counts["demo-wide"] + counts["refine"] + counts["demo-guide"]) < 25e6
+
+
+@pytest.mark.parametrize("sequences", [1, 4])
+def test_rescaled_detail_weights_start_where_the_source_network_was(sequences):
+    """Fine-tuning a first stage onto scaled detail bands starts from the same clean-input images."""
+    torch.manual_seed(0)
+    config = get_preset("tiny").network
+    config = replace(config, in_channels=16 * sequences, out_channels=8 * sequences)
+    net = OutpaintUNet(config)
+    for module in net.modules():  # give zero-initialised layers weights so outputs vary
+        if isinstance(module, torch.nn.Conv3d) and not module.weight.any():
+            module.reset_parameters()
+    net.eval()
+    image = torch.rand(1, sequences, 16, 16, 16) * 2 - 1
+    lesion = torch.zeros(1, 1, 16, 16, 16)
+    lesion[..., 4:9, 5:10, 6:11] = 1
+    t = torch.tensor([0])
+    old, new = SubbandScale(3.0, 1.0), SubbandScale(3.0, 4.0)
+
+    def predicted(network, scale):
+        inputs = torch.cat([image_to_wavelet(image, scale), make_condition(image, lesion, scale)], dim=1)
+        return wavelet_to_image(network(inputs, t), scale)
+
+    rescaled = OutpaintUNet(config).eval()
+    rescaled.load_state_dict(rescale_detail_io(net.state_dict(), 4.0, sequences))
+    before = predicted(net, old)
+    torch.testing.assert_close(predicted(rescaled, new), before, atol=2e-5, rtol=1e-4)
+    # Without the rescaling the same weights draw another image from the scaled bands.
+    assert (predicted(net, new) - before).abs().max() > 1e-2
+    assert torch.equal(net.state_dict()["stem.weight"], net.stem.weight)  # the source is left as it was

@@ -20,7 +20,7 @@ import torch
 
 from powdr_outpaint.errors import PowdrError
 from powdr_outpaint.model.checkpoint import ModelConfig, initial_checkpoint, load_model, read_checkpoint
-from powdr_outpaint.model.transforms import image_to_wavelet, make_condition, wavelet_to_image
+from powdr_outpaint.model.transforms import SubbandScale, image_to_wavelet, make_condition, wavelet_to_image
 from powdr_outpaint.outpainting.outpaint import OutpaintOptions, run_outpaint
 from powdr_outpaint.training.data import discover_cases
 from powdr_outpaint.training.train import read_log
@@ -99,6 +99,17 @@ def test_wavelets_of_four_sequences_are_each_sequences_own():
     condition = make_condition(images, lesion, 3.0)
     assert condition.shape == (2, 32, 4, 4, 3)
     assert torch.allclose(condition[:, 2::4], make_condition(images[:, 2:3], lesion, 3.0), atol=1e-6)
+
+
+def test_scaled_detail_bands_of_four_sequences_come_back_to_the_same_images():
+    """Detail scaling multiplies every sequence's seven detail bands, leaves the low-pass bands as
+    before and is undone exactly, so the diffusion changes what it weighs, not what it returns."""
+    images = torch.rand(2, 4, 8, 8, 6) * 2 - 1
+    plain = image_to_wavelet(images, 3.0)
+    scaled = image_to_wavelet(images, SubbandScale(lll=3.0, detail=4.0))
+    torch.testing.assert_close(scaled[:, :4], plain[:, :4])
+    torch.testing.assert_close(scaled[:, 4:], plain[:, 4:] * 4.0)
+    torch.testing.assert_close(wavelet_to_image(scaled, SubbandScale(3.0, 4.0)), images, atol=1e-6, rtol=0)
 
 
 # ----------------------------------------------------------------------------- sampling

@@ -389,3 +389,34 @@ def test_input_skip_run_trains_saves_resumes_and_samples(four_cases, cache_dir, 
     sample = nib.load(out / f"{folder.name}_t1_outpaint_s00.nii.gz")
     assert sample.shape == nib.load(folder / f"{folder.name}_t1.nii.gz").shape
     assert np.isfinite(np.asarray(sample.dataobj)).all()
+
+
+def test_detail_scale_run_starts_from_an_unscaled_one_keeps_its_scale_and_samples(four_cases, cache_dir, tmp_path):
+    """--detail-scale fine-tunes from an unscaled checkpoint, is stored in the checkpoint, is kept on
+    resume and refused when changed, and the checkpoint samples on the input grid with the lesion kept."""
+    plain = train(tiny_options(tmp_path / "plain", four_cases, cache_dir, iterations=2, save_every=2))
+    with pytest.raises(PowdrError, match="--detail-scale must lie"):
+        train(tiny_options(tmp_path / "bad", four_cases, cache_dir, detail_scale=0.0))
+    options = tiny_options(tmp_path / "scaled", four_cases, cache_dir, iterations=2, save_every=2,
+                           detail_scale=4.0, init_from=str(plain.latest))
+    train(options)
+    assert load_model(tmp_path / "scaled" / "latest.pt").config.normalisation.detail_scale == 4.0
+    with pytest.raises(PowdrError, match="differs from the run being resumed"):
+        train(replace(options, resume=True, detail_scale=2.0, init_from=None, iterations=3))
+    resumed = train(replace(options, resume=True, detail_scale=None, init_from=None, iterations=3))
+    assert resumed.final_step == 3
+    assert load_model(tmp_path / "scaled" / "latest.pt").config.normalisation.detail_scale == 4.0
+    folder = brats_or_skip()[0]
+    image_path, mask_path = folder / f"{folder.name}_t1.nii.gz", folder / f"{folder.name}_seg.nii.gz"
+    out = tmp_path / "sampled"
+    result = subprocess.run(
+        command("sample", "--image", image_path, "--mask", mask_path, "--checkpoint", tmp_path / "scaled" / "latest.pt",
+                "--out", out, "--samples", 1, "--steps", 3, "--progress", "none"),
+        capture_output=True, text=True, timeout=300, env=environment(),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    original = nib.load(image_path)
+    sample = nib.load(out / f"{folder.name}_t1_outpaint_s00.nii.gz")
+    assert sample.shape == original.shape
+    lesion = np.asarray(nib.load(mask_path).dataobj) > 0
+    np.testing.assert_array_equal(np.asarray(sample.dataobj)[lesion], np.asarray(original.dataobj)[lesion])

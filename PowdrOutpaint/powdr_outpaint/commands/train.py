@@ -61,6 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--coarse-noise", type=float, default=None, metavar="N",
                        help="refine preset: add noise of std up to N (model intensities) to its coarse input "
                             "(default 0.03)")
+    model.add_argument("--detail-scale", type=float, default=None, metavar="K",
+                       help="first stage: multiply the seven detail subbands by K before the diffusion, so they "
+                            "are drawn on more of the chain's steps, together with the layout (default 1, the "
+                            "paper's; README, Training)")
     model.add_argument("--init-from", default=None, metavar="CKPT",
                        help="start a new run from the weights of a checkpoint of the same preset (fine-tuning); "
                             "from a cascade, the stage this run trains")

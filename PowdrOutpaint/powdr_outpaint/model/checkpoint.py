@@ -38,9 +38,11 @@ from ..imaging.atomic import atomic_target
 from .diffusion import DiffusionConfig
 from .network import NetworkConfig, OutpaintUNet
 from .presets import STAGES, GridConfig, get_preset
-from .transforms import COARSE_CHANNELS
+from .transforms import COARSE_CHANNELS, SubbandScale
 
 FORMAT = "powdr-outpaint-checkpoint"
+#: Beyond this the detail bands would outweigh the low-pass band many times over.
+MAX_DETAIL_SCALE = 16.0
 FORMAT_VERSION = 1
 STRATEGIES = ("tumor", "random", "mixed", "untrained")
 #: A sequence name becomes part of file names and nnU-Net channel names.
@@ -54,12 +56,21 @@ class NormalisationConfig:
     lower_percentile: float = 1.0
     upper_percentile: float = 99.0
     lll_scale: float = 3.0
+    # Added later: checkpoints stored before it trained with unscaled detail bands.
+    detail_scale: float = 1.0
 
     def validate(self) -> None:
         if not 0.0 <= self.lower_percentile < self.upper_percentile <= 100.0:
             raise ValueError("percentiles must satisfy 0 <= lower < upper <= 100")
         if self.lll_scale <= 0:
             raise ValueError("lll_scale must be positive")
+        if not 0.0 < self.detail_scale <= MAX_DETAIL_SCALE:
+            raise ValueError(f"detail_scale must lie in (0, {MAX_DETAIL_SCALE:g}]")
+
+    @property
+    def subband_scale(self) -> SubbandScale:
+        """How the diffusion scales the wavelet subbands (see :mod:`transforms`)."""
+        return SubbandScale(lll=self.lll_scale, detail=self.detail_scale)
 
 
 @dataclass(frozen=True)
@@ -144,7 +155,11 @@ class ModelConfig:
             raise ValueError("a refine stage (cascade) works on one sequence; several are not supported yet")
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        raw = asdict(self)
+        # Unscaled detail bands are written as before, so versions without detail scaling read the file.
+        if self.normalisation.detail_scale == 1.0:
+            del raw["normalisation"]["detail_scale"]
+        return json.dumps(raw, sort_keys=True)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "ModelConfig":
@@ -197,6 +212,7 @@ class ModelConfig:
                 "input_skip": list(self.network.input_skip),
             },
             "timesteps": self.diffusion.timesteps,
+            "detail_scale": self.normalisation.detail_scale,
         }
 
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .diffusion import DiffusionConfig, Schedule
+from .transforms import SUBBANDS
 
 
 @dataclass(frozen=True)
@@ -272,3 +273,24 @@ class OutpaintUNet(nn.Module):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def rescale_detail_io(weights: dict[str, torch.Tensor], ratio: float, sequences: int = 1) -> dict[str, torch.Tensor]:
+    """First-stage weights for detail bands scaled ``ratio`` times larger than they were trained on.
+
+    The stem's weights on the detail channels of x_t and of the condition (channels S..8S-1 of
+    each, band-major for S sequences) are divided by ``ratio`` and the output layer's detail
+    channels multiplied by it, so on a clean input the network predicts the same image as before.
+    Returns a new dictionary; ``weights`` is not changed.
+    """
+    rescaled = dict(weights)
+    stem = weights["stem.weight"].clone()
+    bands = SUBBANDS * sequences
+    for first in (0, bands):
+        stem[:, first + sequences : first + bands] /= ratio
+    rescaled["stem.weight"] = stem
+    for name in ("out_conv.weight", "out_conv.bias"):
+        value = weights[name].clone()
+        value[sequences:bands] *= ratio
+        rescaled[name] = value
+    return rescaled

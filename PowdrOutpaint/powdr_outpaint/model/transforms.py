@@ -1,8 +1,15 @@
 """Between the normalised image and what the diffusion model sees.
 
 The model grid image y lies in [-1, 1]. Its wavelet subbands are the diffusion
-target, with the LLL band divided by ``lll_scale`` (the orthonormal LLL band spans
-2*sqrt(2) times the image range, so dividing by 3 brings every band near [-1, 1]).
+target, with the LLL band divided by ``lll`` (the orthonormal LLL band spans
+2*sqrt(2) times the image range, so dividing by 3 brings every band near [-1, 1])
+and the seven detail bands multiplied by ``detail`` (1 in the paper). The noise
+is the same in every band, so a band is drawn at the timesteps where its signal
+rises out of the noise. On the demo grid (RMS of the scaled low-pass band 0.88, of
+the detail bands 0.13, BraTS T1) with the linear 1000-step schedule, the low-pass
+band's signal-to-noise ratio climbs from 0.1 to 10 between t = 461 and 82, the
+detail bands' (``detail`` 1) only between t = 120 and 9; ``detail`` 4 moves them to
+t = 357..47, so they are drawn on more steps and together with the layout.
 The condition is the wavelet transform of the lesion-only image: the [0, 1]
 intensity inside the lesion and 0 elsewhere, so "no information" is 0.
 
@@ -13,6 +20,9 @@ lays them out, so the first S channels are the scaled LLL bands.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Union
+
 import torch
 
 from .wavelets import dwt3d, idwt3d
@@ -21,17 +31,38 @@ from .wavelets import dwt3d, idwt3d
 SUBBANDS = 8
 
 
-def image_to_wavelet(image: torch.Tensor, lll_scale: float) -> torch.Tensor:
+@dataclass(frozen=True)
+class SubbandScale:
+    """What the diffusion sees of the orthonormal subbands: LLL / ``lll``, the others * ``detail``."""
+
+    lll: float = 3.0
+    detail: float = 1.0
+
+
+#: A plain number is an LLL divisor with unscaled detail bands (every model before detail scaling).
+Scale = Union[SubbandScale, float]
+
+
+def subband_scale(scale: Scale) -> SubbandScale:
+    """``scale`` as a :class:`SubbandScale`."""
+    return scale if isinstance(scale, SubbandScale) else SubbandScale(lll=float(scale))
+
+
+def image_to_wavelet(image: torch.Tensor, scale: Scale) -> torch.Tensor:
     """(B, S, X, Y, Z) image of S sequences -> (B, 8 S, X/2, Y/2, Z/2) scaled subbands."""
+    scale = subband_scale(scale)
     coefficients = dwt3d(image)
     count = image.shape[1]
-    return torch.cat([coefficients[:, :count] / lll_scale, coefficients[:, count:]], dim=1)
+    detail = coefficients[:, count:] if scale.detail == 1.0 else coefficients[:, count:] * scale.detail
+    return torch.cat([coefficients[:, :count] / scale.lll, detail], dim=1)
 
 
-def wavelet_to_image(coefficients: torch.Tensor, lll_scale: float) -> torch.Tensor:
+def wavelet_to_image(coefficients: torch.Tensor, scale: Scale) -> torch.Tensor:
     """Inverse of :func:`image_to_wavelet`: (B, 8 S, X, Y, Z) -> (B, S, 2X, 2Y, 2Z)."""
+    scale = subband_scale(scale)
     count = coefficients.shape[1] // SUBBANDS
-    return idwt3d(torch.cat([coefficients[:, :count] * lll_scale, coefficients[:, count:]], dim=1))
+    detail = coefficients[:, count:] if scale.detail == 1.0 else coefficients[:, count:] / scale.detail
+    return idwt3d(torch.cat([coefficients[:, :count] * scale.lll, detail], dim=1))
 
 
 def condition_image(image: torch.Tensor, lesion: torch.Tensor) -> torch.Tensor:
@@ -39,14 +70,14 @@ def condition_image(image: torch.Tensor, lesion: torch.Tensor) -> torch.Tensor:
     return (image + 1.0) * 0.5 * lesion.to(image.dtype)
 
 
-def make_condition(image: torch.Tensor, lesion: torch.Tensor, lll_scale: float) -> torch.Tensor:
+def make_condition(image: torch.Tensor, lesion: torch.Tensor, scale: Scale) -> torch.Tensor:
     """Condition subbands c = DWT(y * mask): (B, S, X, Y, Z) -> (B, 8 S, X/2, Y/2, Z/2)."""
-    return image_to_wavelet(condition_image(image, lesion), lll_scale)
+    return image_to_wavelet(condition_image(image, lesion), scale)
 
 
-def clip_in_image_space(x0: torch.Tensor, lll_scale: float) -> torch.Tensor:
+def clip_in_image_space(x0: torch.Tensor, scale: Scale) -> torch.Tensor:
     """Clamp a predicted x0 to the valid image range [-1, 1] and return its subbands."""
-    return image_to_wavelet(wavelet_to_image(x0, lll_scale).clamp_(-1.0, 1.0), lll_scale)
+    return image_to_wavelet(wavelet_to_image(x0, scale).clamp_(-1.0, 1.0), scale)
 
 
 # ------------------------------------------------------------------ cascade (refine stage)

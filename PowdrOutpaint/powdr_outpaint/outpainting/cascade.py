@@ -20,7 +20,7 @@ import torch
 from ..imaging.preprocess import Prepared
 from ..imaging.resample import resample
 from ..model.samplers import Sampler
-from ..model.transforms import SUBBANDS, image_to_wavelet, wavelet_to_image
+from ..model.transforms import SUBBANDS, Scale, image_to_wavelet, wavelet_to_image
 
 
 def block_starts(size: int, block: int, min_overlap: int) -> list[int]:
@@ -47,7 +47,7 @@ def denoise_in_blocks(
     condition: torch.Tensor,
     sampler: Sampler,
     generators: list[torch.Generator],
-    lll_scale: float,
+    scale: Scale,
     block: tuple[int, int, int],
     on_step: Callable[[int], None] | None = None,
     blocks_per_call: int = 4,
@@ -90,7 +90,7 @@ def denoise_in_blocks(
     # here: outpaint imports this module.)
     from .outpaint import denoise
 
-    return denoise(blockwise, condition, sampler, generators, lll_scale, on_step)
+    return denoise(blockwise, condition, sampler, generators, scale, on_step)
 
 
 def coarse_on_fine(coarse_image: np.ndarray, coarse: Prepared, fine: Prepared) -> np.ndarray:
@@ -120,7 +120,7 @@ BACKGROUND_LEVEL = -0.99
 OUTLINE_BLEND_FROM = -0.8
 
 
-def keep_main_background(main_x0: torch.Tensor, expert_x0: torch.Tensor, lll_scale: float) -> torch.Tensor:
+def keep_main_background(main_x0: torch.Tensor, expert_x0: torch.Tensor, scale: Scale) -> torch.Tensor:
     """The expert's x0 inside the head, the whole-range network's outside it.
 
     Both (B, 8 S, X, Y, Z) subbands. The whole-range network has placed the outline of the head
@@ -130,12 +130,12 @@ def keep_main_background(main_x0: torch.Tensor, expert_x0: torch.Tensor, lll_sca
     between that and OUTLINE_BLEND_FROM the two blend linearly, so the edge has no seam and a
     rounding of either network moves the result by as little.
     """
-    main_image = wavelet_to_image(main_x0, lll_scale)
+    main_image = wavelet_to_image(main_x0, scale)
     air = ((OUTLINE_BLEND_FROM - main_image) / (OUTLINE_BLEND_FROM - BACKGROUND_LEVEL)).clamp_(0.0, 1.0)
     # A correction where there is air only, so the expert's subbands stay untouched to the last
     # bit wherever the whole-range network sees the head.
-    correction = air * (main_image - wavelet_to_image(expert_x0, lll_scale))
-    return expert_x0 + image_to_wavelet(correction, lll_scale)
+    correction = air * (main_image - wavelet_to_image(expert_x0, scale))
+    return expert_x0 + image_to_wavelet(correction, scale)
 
 
 def keep_first_stage_background(refined: np.ndarray, first: np.ndarray) -> np.ndarray:

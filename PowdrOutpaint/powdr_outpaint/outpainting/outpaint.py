@@ -38,7 +38,7 @@ from ..model.checkpoint import GUIDANCE_RANGE, GUIDED_BANDS, LoadedModel, load_m
 from ..model.diffusion import Schedule
 from ..model.runtime import AutoGuidance, ExpertRouting, FastForward, emulated_bf16_warning, resolve_device
 from ..model.samplers import SAMPLERS, Sampler
-from ..model.transforms import SUBBANDS, clip_in_image_space, make_condition, wavelet_to_image
+from ..model.transforms import SUBBANDS, Scale, clip_in_image_space, make_condition, wavelet_to_image
 from ..progress import Progress
 from .cascade import coarse_on_fine, denoise_in_blocks, keep_first_stage_background, keep_main_background
 from .stats import RunningStats
@@ -133,7 +133,7 @@ def denoise(
     condition: torch.Tensor,
     sampler: Sampler,
     generators: list[torch.Generator],
-    lll_scale: float,
+    scale: Scale,
     on_step: Callable[[int], None] | None = None,
     sequences: int = 1,
 ) -> torch.Tensor:
@@ -157,11 +157,11 @@ def denoise(
     for done, index in enumerate(sampler.indices(), start=1):
         t = torch.full((x.shape[0],), sampler.model_timestep(index), device=device, dtype=torch.long)
         x0 = forward(torch.cat([x, condition], dim=1), t)
-        x0 = clip_in_image_space(x0, lll_scale)
+        x0 = clip_in_image_space(x0, scale)
         x = sampler.step(x, index, x0, noise() if sampler.needs_noise(index) else None)
         if on_step:
             on_step(done)
-    return wavelet_to_image(x, lll_scale).clamp_(-1.0, 1.0)
+    return wavelet_to_image(x, scale).clamp_(-1.0, 1.0)
 
 
 ImageInput = Union[str, Path, Mapping[str, Union[str, Path]]]
@@ -384,7 +384,7 @@ def first_stage_forward(
     below = model.expert.config.training.max_timestep
     merge = None
     if keep_outline:
-        merge = functools.partial(keep_main_background, lll_scale=model.config.normalisation.lll_scale)
+        merge = functools.partial(keep_main_background, scale=model.config.normalisation.subband_scale)
     return ExpertRouting(forward, FastForward(model.expert.network, device, precision), below, merge)
 
 
@@ -397,7 +397,7 @@ def iter_samples(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (index, (S, X, Y, Z) images in [-1, 1] on ``case.final``'s model grid), batch by batch."""
     config = case.model.config
-    lll = config.normalisation.lll_scale
+    lll = config.normalisation.subband_scale
     sampler = Sampler(Schedule.from_config(config.diffusion), options.sampler, options.steps, options.eta)
     forward = first_stage_forward(
         case.model, device, options.precision, options.expert, options.expert_outline, options.guidance,
@@ -463,7 +463,7 @@ class Refiner:
         self.case, self.device = case, device
         config = case.model.refiner.config
         self.config = config
-        self.lll = config.normalisation.lll_scale
+        self.lll = config.normalisation.subband_scale
         self.sampler = Sampler(Schedule.from_config(config.diffusion), options.refine_sampler, options.refine_steps)
         self.forward = FastForward(case.model.refiner.network, device, options.precision)
         fine = case.fine

@@ -29,9 +29,11 @@ from torch.utils.data import DataLoader
 from ..commands.bench import format_gib, peak_rss_gib
 from ..errors import CheckpointError, PowdrError
 from ..imaging.preprocess import parse_labels
-from ..model.checkpoint import ModelConfig, TrainingInfo, read_checkpoint, save_checkpoint, stage_weights
+from ..model.checkpoint import (
+    MAX_DETAIL_SCALE, ModelConfig, TrainingInfo, read_checkpoint, save_checkpoint, stage_weights,
+)
 from ..model.diffusion import Schedule, low_noise_weights, x0_loss
-from ..model.network import OutpaintUNet
+from ..model.network import OutpaintUNet, rescale_detail_io
 from ..model.presets import get_preset
 from ..model.runtime import FastForward, auto_precision, emulated_bf16_warning
 from ..model.samplers import Sampler
@@ -90,6 +92,7 @@ class RunSettings:
     # A refine stage's conditioning augmentation; runs stored before these trained with these values.
     coarse_blur: float = COARSE_BLUR
     coarse_noise: float = COARSE_NOISE
+    detail_scale: float = 1.0  # runs stored before it trained with unscaled detail bands
 
 
 @dataclass
@@ -117,6 +120,7 @@ class TrainOptions:
     max_timestep: int | None = None
     coarse_blur: float | None = None
     coarse_noise: float | None = None
+    detail_scale: float | None = None
     init_from: str | None = None
     iterations: int = 200_000
     save_every: int = 1000
@@ -154,6 +158,8 @@ class TrainOptions:
             (self.coarse_blur is None or 0.0 <= self.coarse_blur <= 4.0,
              "--coarse-blur must lie in [0, 4] coarse voxels"),
             (self.coarse_noise is None or 0.0 <= self.coarse_noise <= 0.5, "--coarse-noise must lie in [0, 0.5]"),
+            (self.detail_scale is None or 0.0 < self.detail_scale <= MAX_DETAIL_SCALE,
+             f"--detail-scale must lie in (0, {MAX_DETAIL_SCALE:g}]"),
             (self.workers is None or self.workers >= 0, "--workers must be 0 or more"),
             (self.threads is None or self.threads >= 1, "--threads must be at least 1"),
             (self.condition is None or self.condition in CONDITIONS,
@@ -190,6 +196,7 @@ def resolve_settings(options: TrainOptions, stored: dict[str, Any] | None) -> Ru
         "max_timestep": options.max_timestep,
         "coarse_blur": options.coarse_blur,
         "coarse_noise": options.coarse_noise,
+        "detail_scale": options.detail_scale,
     }
     if stored is not None:
         settings = RunSettings(**{f.name: stored[f.name] for f in fields(RunSettings) if f.name in stored})
@@ -233,6 +240,7 @@ def resolve_settings(options: TrainOptions, stored: dict[str, Any] | None) -> Ru
         max_timestep=options.max_timestep or 0,
         coarse_blur=COARSE_BLUR if options.coarse_blur is None else options.coarse_blur,
         coarse_noise=COARSE_NOISE if options.coarse_noise is None else options.coarse_noise,
+        detail_scale=1.0 if options.detail_scale is None else options.detail_scale,
     )
 
 
@@ -345,8 +353,14 @@ class Trainer:
         self.config = ModelConfig.from_preset(settings.preset, modality=settings.modality)
         if settings.low_noise_weight and not settings.input_skip:
             raise PowdrError("--low-noise-weight needs --input-skip: its weights come from the skip's c_out")
+        if settings.detail_scale != self.config.normalisation.detail_scale:
+            if self.config.stage != "outpaint":
+                raise PowdrError("--detail-scale applies to a first stage; the refine preset keeps its detail bands as they are")
+            normalisation = replace(self.config.normalisation, detail_scale=settings.detail_scale)
+            self.config = replace(self.config, normalisation=normalisation)
         if settings.input_skip:
-            network = replace(self.config.network, input_skip=INPUT_SKIP_RMS)
+            low, detail = INPUT_SKIP_RMS
+            network = replace(self.config.network, input_skip=(low, detail * settings.detail_scale))
             self.config = replace(self.config, network=network)
         try:
             self.config.validate()
@@ -444,7 +458,7 @@ class Trainer:
         if warning:
             self.say(warning)
         self.schedule = Schedule.from_config(self.config.diffusion)
-        self.lll = self.config.normalisation.lll_scale
+        self.lll = self.config.normalisation.subband_scale
 
     def _initial_weights(self, path: str) -> dict[str, torch.Tensor]:
         """The (EMA) weights of another checkpoint of the same network, to fine-tune from.
@@ -462,6 +476,11 @@ class Trainer:
                 f"{self.config.preset} network of this run; choose a checkpoint of the same preset"
             )
         self.say(f"Starting from the weights of {path} ({config.training.iterations} iterations)")
+        ratio = self.config.normalisation.detail_scale / config.normalisation.detail_scale
+        if ratio != 1.0:
+            self.say(f"Its detail bands were scaled by {config.normalisation.detail_scale:g}, this run's by "
+                     f"{self.config.normalisation.detail_scale:g}: its first and last layers are rescaled to match")
+            weights = rescale_detail_io(weights, ratio, len(self.config.sequences))
         return weights
 
     # ----------------------------------------------------------- checkpoints
