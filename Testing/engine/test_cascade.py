@@ -23,8 +23,9 @@ from test_train import brats_or_skip, command, environment, tiny_options
 from powdr_outpaint.errors import CheckpointError, PowdrError
 from powdr_outpaint.imaging.masks import foreground_depth
 from powdr_outpaint.imaging.preprocess import Prepared
-from powdr_outpaint.model.checkpoint import initial_checkpoint, load_model, save_cascade
+from powdr_outpaint.model.checkpoint import ModelConfig, initial_checkpoint, load_model, save_cascade, save_checkpoint
 from powdr_outpaint.model.diffusion import DiffusionConfig, Schedule
+from powdr_outpaint.model.network import OutpaintUNet
 from powdr_outpaint.model.samplers import Sampler
 from powdr_outpaint.outpainting.cascade import block_starts, coarse_on_fine, denoise_in_blocks
 from powdr_outpaint.outpainting.outpaint import denoise, sample_generator
@@ -305,3 +306,72 @@ def test_refined_image_keeps_the_first_stage_background():
     kept = keep_first_stage_background(refined, first)
     assert np.all(kept[:4] == -1.0)
     np.testing.assert_array_equal(kept[4:], refined[4:])
+
+
+# ------------------------------------------------------------------ detail stage
+
+
+def _tiny_detail_stage(path: Path, seed: int = 2) -> Path:
+    """A refine-stage network on the tiny first stage's own grid, with every layer random so its
+    drawing shows in the samples (a trained one is measured in the model card)."""
+    config = ModelConfig.from_preset("tiny-refine")
+    first = ModelConfig.from_preset("tiny")
+    config = replace(config, grid=replace(first.grid, patch=(32, 32, 32)))
+    torch.manual_seed(seed)
+    network = OutpaintUNet(config.network, config.diffusion)
+    for module in network.modules():
+        if isinstance(module, torch.nn.Conv3d) and not module.weight.any():
+            module.reset_parameters()
+    return save_checkpoint(path, config, network.state_dict())
+
+
+def test_detail_stage_joins_only_a_first_stage_of_its_own_grid(cascade_checkpoint, tmp_path):
+    detail = _tiny_detail_stage(tmp_path / "detail.pt")
+    joined = save_cascade(cascade_checkpoint, None, tmp_path / "three.pt", detail_path=detail)
+    model = load_model(joined)
+    assert model.detailer is not None and model.refiner is not None  # the refine stage is kept
+    assert model.detailer.config.grid.shape == model.config.grid.shape
+    info = subprocess.run(command("info", "--checkpoint", joined, "--json"), capture_output=True, text=True,
+                          env=environment())
+    assert info.returncode == 0 and json.loads(info.stdout)["detail"]["parameters"] > 0
+    # A refine stage one octave finer is not a detail stage of this first stage.
+    other = initial_checkpoint(tmp_path / "refine.pt", "tiny-refine")
+    with pytest.raises(CheckpointError, match="must share the first stage's grid"):
+        save_cascade(cascade_checkpoint, None, tmp_path / "x.pt", detail_path=other)
+    first = initial_checkpoint(tmp_path / "first.pt", "tiny")
+    with pytest.raises(CheckpointError, match="holds no refine stage"):
+        save_cascade(cascade_checkpoint, None, tmp_path / "x.pt", detail_path=first)
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_detail_stage_redraws_the_first_stage_and_keeps_the_lesion(cascade_checkpoint, brats_case, tmp_path):
+    """Sampling runs the first stage, the detail stage and the refine stage, reports each step of
+    all three, and still returns the input's grid with the lesion exact."""
+    detail = _tiny_detail_stage(tmp_path / "detail.pt")
+    joined = save_cascade(cascade_checkpoint, None, tmp_path / "three.pt", detail_path=detail)
+    outputs = {}
+    for name, checkpoint in (("two", cascade_checkpoint), ("three", joined)):
+        out = tmp_path / name
+        result = subprocess.run(
+            command("sample", "--image", brats_case["image"], "--mask", brats_case["mask"], "--checkpoint",
+                    checkpoint, "--samples", 1, "--steps", 3, "--refine-steps", 2, "--seed", 4,
+                    "--device", "cpu", "--progress", "json", "--out", out),
+            capture_output=True, text=True, timeout=600, env=environment(),
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+        outputs[name] = (next(out.glob("*_outpaint_s00.nii.gz")), events)
+    original = nib.load(str(brats_case["image"]))
+    lesion = np.asarray(nib.load(str(brats_case["mask"])).dataobj) > 0
+    two, three = (np.asarray(nib.load(str(outputs[k][0])).dataobj) for k in ("two", "three"))
+    assert three.shape == original.shape
+    assert np.array_equal(three[lesion], np.asarray(original.dataobj)[lesion])
+    # The same seed and first stage: what differs outside the lesion is the detail stage's drawing.
+    assert np.abs(three[~lesion].astype(float) - two[~lesion]).mean() > 0
+    work = [e for e in outputs["three"][1] if e.get("event") == "progress" and e.get("step") is not None]
+    # The bar counts 3 + 2 + 2 steps (JSON lines are throttled, so not every step has its own).
+    fractions = np.array([e["fraction"] for e in work])
+    assert np.allclose(fractions * 7, np.round(fractions * 7), atol=1e-3)
+    assert not np.allclose(fractions * 5, np.round(fractions * 5), atol=1e-3)
+    assert work[-1]["fraction"] == 1.0 and "refine step 2/2" in work[-1]["message"]
+    assert all(e["fraction"] < 1.0 for e in work[:-1])

@@ -11,6 +11,7 @@ from ..model.checkpoint import (
     GUIDED_BANDS,
     STAGE_SECTIONS,
     WEIGHT_DTYPES,
+    detailer_of,
     expert_of,
     guide_of,
     initial_checkpoint,
@@ -59,13 +60,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=command_help("cascade"),
         description="Write one sampling checkpoint from a first stage (any outpaint preset) and a refine "
         "stage (--preset refine), an expert for the first stage's last steps (trained with --max-timestep), "
-        "and/or a guide (a weaker first stage for autoguidance): 'sample' then makes the anatomy with the "
-        "first stage, guided away from the guide's mistakes, hands its last steps to the expert and adds "
-        "detail with the refine stage. Training state is dropped.",
+        "a detail stage (--preset demo-detail) and/or a guide (a weaker first stage for autoguidance): "
+        "'sample' then makes the anatomy with the first stage, guided away from the guide's mistakes, hands "
+        "its last steps to the expert, redraws its detail with the detail stage and adds finer detail with "
+        "the refine stage. Training state is dropped.",
     )
     cascade.add_argument("--first", required=True, help="the first stage (e.g. a demo-preset latest.pt, or a cascade)")
     cascade.add_argument("--refine", default=None,
                          help="the refine stage (a refine-preset latest.pt, or a cascade)")
+    cascade.add_argument("--detail", default=None,
+                         help="a detail stage (a demo-detail latest.pt) that redraws the first stage's detail from "
+                              "its half-resolution image, on the first stage's grid; without it, a detail stage "
+                              "the --first file holds is kept")
     cascade.add_argument("--expert", default=None,
                          help="an expert for the first stage's last steps (a run trained with --max-timestep); "
                               "without it, an expert the --first file holds is kept")
@@ -101,6 +107,10 @@ def _info(args: argparse.Namespace) -> int:
     if refiner is not None:
         card["refine"] = refiner.card()
         card["refine"]["parameters"] = count_parameters(OutpaintUNet(refiner.network, refiner.diffusion))
+    detailer = detailer_of(payload, config, Path(args.checkpoint).name)
+    if detailer is not None:
+        card["detail"] = detailer.card()
+        card["detail"]["parameters"] = count_parameters(OutpaintUNet(detailer.network, detailer.diffusion))
     expert = expert_of(payload, config, Path(args.checkpoint).name)
     if expert is not None:
         card["expert"] = expert.card()
@@ -137,7 +147,7 @@ def _cascade(args: argparse.Namespace) -> int:
     path = save_cascade(
         args.first, args.refine, args.out, expert_path=args.expert, weights=args.weights,
         guide_path=args.guide, guidance=args.guidance, guidance_from=args.guidance_from,
-        guided_bands=args.guided_bands,
+        guided_bands=args.guided_bands, detail_path=args.detail,
     )
     print(f"wrote the cascade {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0

@@ -7,6 +7,7 @@ the file loads with ``torch.load(..., weights_only=True)`` and no code runs)::
      "config": "<JSON text of ModelConfig>",
      "weights": {name: tensor},            # used for sampling (the EMA when trained)
      "refiner": {"config": ..., "weights": ...},   # optional: a cascade's refine stage
+     "detailer": {"config": ..., "weights": ...},  # optional: redraws the first stage's detail
      "expert": {"config": ..., "weights": ...},    # optional: the first stage's last steps
      "guide": {"config": ..., "weights": ..., "weight": w,   # optional: autoguidance,
                "from_timestep": n,         # on steps with t >= n only (absent: 0, every step)
@@ -250,6 +251,7 @@ class LoadedModel:
     path: Path
     extra: dict[str, Any]
     refiner: "LoadedModel | None" = None  # the refine stage of a cascade
+    detailer: "LoadedModel | None" = None  # a refine stage on the first stage's own grid (its detail)
     expert: "LoadedModel | None" = None  # the first stage's expert for its last steps
     guide: "LoadedModel | None" = None  # a weaker first stage that guides this one (autoguidance)
     guidance: float = 1.0  # the stored guidance weight (1: the first stage alone)
@@ -302,6 +304,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any
         raise CheckpointError(f"the checkpoint {path.name} holds no weights")
     if "refiner" in payload:
         _refiner_config(payload["refiner"], config, path.name)
+    if "detailer" in payload:
+        detailer_of(payload, config, path.name)
     if "expert" in payload:
         _expert_config(payload["expert"], config, path.name)
     if "guide" in payload:
@@ -316,6 +320,35 @@ def _refiner_config(section: Any, first: ModelConfig, name: str) -> ModelConfig:
         raise CheckpointError(f"the checkpoint {name} joins stages in the wrong order")
     if config.modality != first.modality:
         raise CheckpointError(f"the two stages of {name} were trained on different modalities")
+    return config
+
+
+def check_detailer(detailer: ModelConfig, first: ModelConfig, name: str) -> None:
+    """Refuse a detail stage that cannot redraw ``first``'s detail (CheckpointError, one sentence).
+
+    A detail stage is a refine-stage network whose grid is the first stage's own: it sees the
+    first stage's image at half resolution (the low-pass) and draws the detail on that grid again.
+    """
+    if detailer.stage != "refine":
+        raise CheckpointError(f"{name} is not a detail stage (train one with --preset demo-detail)")
+    if detailer.grid.shape != first.grid.shape or detailer.grid.spacing != first.grid.spacing:
+        raise CheckpointError(
+            f"{name} draws detail on a {'x'.join(map(str, detailer.grid.shape))} grid of "
+            f"{detailer.grid.spacing[0]:g} mm, the first stage works on {'x'.join(map(str, first.grid.shape))} of "
+            f"{first.grid.spacing[0]:g} mm; a detail stage must share the first stage's grid"
+        )
+    if detailer.modality != first.modality:
+        raise CheckpointError(
+            f"the first stage was trained on {first.modality} and the detail stage {name} on {detailer.modality}"
+        )
+
+
+def detailer_of(payload: dict[str, Any], first: ModelConfig, name: str) -> ModelConfig | None:
+    """The detail stage's configuration when the checkpoint holds one, else None."""
+    if "detailer" not in payload:
+        return None
+    config = _section_config(payload["detailer"], name, "detail stage")
+    check_detailer(config, first, name)
     return config
 
 
@@ -512,20 +545,21 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
         return LoadedModel(config=stage_config, network=stage_network.to(device), sha256="", path=path, extra={})
 
     refiner = section_model("refiner", refiner_of(payload, config, path.name), "refine stage's weights")
+    detailer = section_model("detailer", detailer_of(payload, config, path.name), "detail stage's weights")
     expert = section_model("expert", expert_of(payload, config, path.name), "expert's weights")
     guide_section = guide_of(payload, config, path.name)
     guide = section_model("guide", guide_section and guide_section.config, "guide's weights")
     extra = {k: v for k, v in payload.items() if k not in ("weights", "config", "format", *STAGE_SECTIONS)}
     return LoadedModel(
         config=config, network=network, sha256=file_sha256(path), path=path, extra=extra, refiner=refiner,
-        expert=expert, guide=guide, guidance=guide_section.weight if guide_section else 1.0,
+        detailer=detailer, expert=expert, guide=guide, guidance=guide_section.weight if guide_section else 1.0,
         guidance_from=guide_section.from_timestep if guide_section else 0,
         guided_bands=guide_section.bands if guide_section else "all",
     )
 
 
 #: The sections of a checkpoint besides its first stage that hold a network.
-STAGE_SECTIONS = ("refiner", "expert", "guide")
+STAGE_SECTIONS = ("refiner", "detailer", "expert", "guide")
 
 
 WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -555,6 +589,7 @@ def save_cascade(
     guidance: float | None = None,
     guidance_from: int | None = None,
     guided_bands: str | None = None,
+    detail_path: str | os.PathLike | None = None,
 ) -> Path:
     """Join a first stage with a refine stage and/or an expert for its last steps into one
     sampling checkpoint (no training state).
@@ -566,7 +601,8 @@ def save_cascade(
     stage when it is a cascade) with weight ``guidance`` (default DEFAULT_GUIDANCE; given alone, it re-weighs
     the guide of the first file); it acts on the steps with t >= ``guidance_from`` (default
     DEFAULT_GUIDANCE_FROM for a new guide), on ``guided_bands`` (default DEFAULT_GUIDED_BANDS for a
-    new guide). ``weights`` "fp16" stores every weight in half precision.
+    new guide). ``detail_path`` adds a detail stage (a refine-stage network on the first stage's
+    own grid, see :func:`check_detailer`). ``weights`` "fp16" stores every weight in half precision.
     """
     config, first_payload = read_checkpoint(first_path)
     first, first_weights = _stage_of(config, first_payload, "outpaint", Path(first_path).name)
@@ -582,6 +618,10 @@ def save_cascade(
                 f"the first stage was trained on {first.modality} and the refine stage on {refine.modality}"
             )
         extra["refiner"] = {"config": refine.to_json(), "weights": stored_weights(refine_weights, weights)}
+    if detail_path is not None:
+        detailer, detail_weights = stage_weights(detail_path, "refine")
+        check_detailer(detailer, first, Path(detail_path).name)
+        extra["detailer"] = {"config": detailer.to_json(), "weights": stored_weights(detail_weights, weights)}
     if expert_path is not None:
         expert, expert_weights = stage_weights(expert_path, "outpaint")
         check_expert(expert, first, Path(expert_path).name)
@@ -609,7 +649,9 @@ def save_cascade(
             raise CheckpointError("guided subbands need a guide: give one with --guide")
         extra["guide"]["bands"] = check_guided_bands(guided_bands, "the cascade")
     if not extra:
-        raise CheckpointError("a cascade needs a refine stage, an expert for the last steps, a guide, or more")
+        raise CheckpointError(
+            "a cascade needs a refine stage, a detail stage, an expert for the last steps, a guide, or more"
+        )
     return save_checkpoint(path, first, first_weights, extra, weights_dtype=weights)
 
 

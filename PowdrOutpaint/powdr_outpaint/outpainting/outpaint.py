@@ -408,7 +408,8 @@ def iter_samples(
     condition_one = make_condition(image, lesion, lll)
     count = len(case.per_sequence)
     refiner = Refiner(case, options, device) if case.model.refiner is not None else None
-    steps_per_sample = sampler.num_steps + (refiner.work if refiner else 0)
+    detailer = Refiner(case, options, device, detail=True) if case.model.detailer is not None else None
+    steps_per_sample = sampler.num_steps + sum(stage.work for stage in (detailer, refiner) if stage)
     total = options.samples * steps_per_sample
     progress.start_work(total, "sampling")
     done_before = 0
@@ -435,38 +436,50 @@ def iter_samples(
         images = denoise(forward, condition, sampler, generators, lll, on_step, sequences=count)
         done_before += len(indices) * sampler.num_steps
         for offset, index in enumerate(indices):
-            if refiner is None:
+            if refiner is None and detailer is None:
                 yield index, images[offset].float().cpu().numpy()
                 continue
             coarse = images[offset, 0].float().cpu().numpy()
+            # The detail stage redraws the first stage's own grid; the refine stage goes finer.
+            for stage, stream, what in ((detailer, 2, "detail"), (refiner, 1, "refine")):
+                if stage is None:
+                    continue
 
-            def on_refine(done: int, base: int = done_before, number: int = index) -> None:
-                progress.advance(
-                    base + done,
-                    stage="refining",
-                    sample=number + 1,
-                    samples=options.samples,
-                    step=done,
-                    total=refiner.work,
-                    message=f"sample {number + 1} of {options.samples}, detail step {done}/{refiner.work}",
-                )
+                def on_refine(done: int, base: int = done_before, number: int = index, stage: Refiner = stage,
+                              what: str = what) -> None:
+                    progress.advance(
+                        base + done,
+                        stage="refining",
+                        sample=number + 1,
+                        samples=options.samples,
+                        step=done,
+                        total=stage.work,
+                        message=f"sample {number + 1} of {options.samples}, {what} step {done}/{stage.work}",
+                    )
 
-            yield index, refiner.refine(coarse, sample_generator(options.seed + 1, index, device), on_refine)[None]
-            done_before += refiner.work
+                coarse = stage.refine(coarse, sample_generator(options.seed + stream, index, device), on_refine)
+                done_before += stage.work
+            yield index, coarse[None]
 
 
 class Refiner:
-    """A cascade's refine stage for one case: the first stage's image in, a finer image out."""
+    """A cascade's refine stage for one case: the first stage's image in, a finer image out.
 
-    def __init__(self, case: CaseInputs, options: OutpaintOptions, device: torch.device):
-        assert case.model.refiner is not None and case.fine is not None
-        self.case, self.device = case, device
-        config = case.model.refiner.config
+    With ``detail=True`` it is the cascade's detail stage instead: a refine-stage network on the
+    first stage's own grid, which sees the first stage's image at half resolution and draws the
+    detail of that grid again.
+    """
+
+    def __init__(self, case: CaseInputs, options: OutpaintOptions, device: torch.device, detail: bool = False):
+        stage = case.model.detailer if detail else case.model.refiner
+        fine = case.prepared if detail else case.fine
+        assert stage is not None and fine is not None
+        self.case, self.device, self.fine = case, device, fine
+        config = stage.config
         self.config = config
         self.lll = config.normalisation.subband_scale
         self.sampler = Sampler(Schedule.from_config(config.diffusion), options.refine_sampler, options.refine_steps)
-        self.forward = FastForward(case.model.refiner.network, device, options.precision)
-        fine = case.fine
+        self.forward = FastForward(stage.network, device, options.precision)
         image = torch.from_numpy(fine.model_image)[None, None].to(device)
         lesion = torch.from_numpy(fine.model_lesion)[None, None].to(device)
         self.lesion_condition = make_condition(image, lesion, self.lll)
@@ -478,7 +491,7 @@ class Refiner:
 
     def refine(self, coarse: np.ndarray, generator: torch.Generator, on_step: Callable[[int], None]) -> np.ndarray:
         """(coarse model grid) image in [-1, 1] -> (fine model grid) image in [-1, 1]."""
-        first = coarse_on_fine(coarse, self.case.prepared, self.case.fine)
+        first = coarse_on_fine(coarse, self.case.prepared, self.fine)
         condition = torch.cat(
             [self.lesion_condition, torch.from_numpy(first)[None, None].to(self.device)], dim=1
         )
