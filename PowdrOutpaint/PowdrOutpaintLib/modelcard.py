@@ -120,6 +120,10 @@ def readModelCard(checkpointPath: str) -> dict:
     if refiner is not None:
         _require(isinstance(refiner, dict), name, "refine stage")
         card["refine"] = _stageCard(refiner.get("config"), refiner.get("weights"), name)
+    detailer = payload.get("detailer")
+    if detailer is not None:
+        _require(isinstance(detailer, dict), name, "detail stage")
+        card["detail"] = _stageCard(detailer.get("config"), detailer.get("weights"), name)
     expert = payload.get("expert")
     if expert is not None:
         _require(isinstance(expert, dict), name, "expert for the last steps")
@@ -152,13 +156,16 @@ def _stageCard(configText, weights, name: str) -> dict:
     network = config.get("network") or {}
     training = config.get("training") or {}
     diffusion = config.get("diffusion") or {}
+    normalisation = config.get("normalisation") or {}
     _require(isinstance(config.get("preset"), str), name, "preset")
     _require(isinstance(grid, dict) and len(grid.get("shape") or ()) == 3 and len(grid.get("spacing") or ()) == 3,
              name, "grid")
     _require(all(isinstance(value, (int, float)) and not isinstance(value, bool)
                  for value in list(grid["shape"]) + list(grid["spacing"])), name, "grid")
-    _require(isinstance(network, dict) and isinstance(training, dict) and isinstance(diffusion, dict), name,
-             "sections")
+    _require(isinstance(network, dict) and isinstance(training, dict) and isinstance(diffusion, dict)
+             and isinstance(normalisation, dict), name, "sections")
+    detailScale = normalisation.get("detail_scale", 1.0)
+    _require(isinstance(detailScale, (int, float)) and not isinstance(detailScale, bool), name, "detail scale")
     _require(isinstance(weights, dict) and bool(weights)
              and all(isinstance(value, _TensorShape) for value in weights.values()), name, "no weights")
     modality = str(config.get("modality", ""))
@@ -179,6 +186,7 @@ def _stageCard(configText, weights, name: str) -> dict:
             "input_skip": list(network.get("input_skip") or []),
         },
         "timesteps": diffusion.get("timesteps"),
+        "detail_scale": float(detailScale),
         "parameters": sum(value.numel for value in weights.values()),
     }
 
@@ -253,9 +261,16 @@ def formatModelCard(card: dict) -> str:
         refineGrid = refine.get("grid") or {}
         spacingText = ", ".join(sorted({f"{float(v):g}" for v in refineGrid.get("spacing_mm") or []}))
         iterations = (refine.get("training") or {}).get("iterations")
-        lines.append(f"Detail stage: {spacingText} mm grid" + (f", {iterations} iterations" if iterations else ""))
+        lines.append(f"Refine stage: {spacingText} mm grid" + (f", {iterations} iterations" if iterations else ""))
         if isinstance(parameters, (int, float)) and isinstance(refine.get("parameters"), (int, float)):
             parameters = parameters + refine["parameters"]
+    detail = card.get("detail")
+    if isinstance(detail, dict):
+        iterations = (detail.get("training") or {}).get("iterations")
+        lines.append("Detail stage: redraws the first stage's detail"
+                     + (f", {iterations} iterations" if iterations else ""))
+        if isinstance(parameters, (int, float)) and isinstance(detail.get("parameters"), (int, float)):
+            parameters = parameters + detail["parameters"]
     expert = card.get("expert")
     if isinstance(expert, dict):
         expertTraining = expert.get("training") or {}

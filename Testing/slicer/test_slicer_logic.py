@@ -415,8 +415,11 @@ def runBlocked(blocked: set[str], code: str, *arguments: str) -> "subprocess.Com
 
 
 def test_model_card_needs_no_torch_and_matches_the_engine(tinyCheckpoint, tmp_path):
+    from dataclasses import replace
+
     from powdr_outpaint.model.checkpoint import (
-        initial_checkpoint, read_checkpoint, save_cascade, save_checkpoint, with_training)
+        ModelConfig, initial_checkpoint, read_checkpoint, save_cascade, save_checkpoint, with_training)
+    from powdr_outpaint.model.network import OutpaintUNet
     from PowdrOutpaintLib import defaultCheckpointPath
     from PowdrOutpaintLib.modelcard import formatModelCard
 
@@ -424,10 +427,14 @@ def test_model_card_needs_no_torch_and_matches_the_engine(tinyCheckpoint, tmp_pa
     cascade = save_cascade(tinyCheckpoint, refine, tmp_path / "cascade.pt")
     config, payload = read_checkpoint(tinyCheckpoint)
     expert = save_checkpoint(tmp_path / "expert.pt", with_training(config, max_timestep=100), payload["weights"])
-    # Four networks (first, refine, expert, guide), stored in half precision: the torch-free
+    # Five networks (first, refine, detail, expert, guide), stored in half precision: the torch-free
     # reader sees other storages.
+    detailConfig = ModelConfig.from_preset("tiny-refine")
+    detailConfig = replace(detailConfig, grid=replace(config.grid, patch=(32, 32, 32)))
+    detail = save_checkpoint(tmp_path / "detail.pt", detailConfig,
+                             OutpaintUNet(detailConfig.network, detailConfig.diffusion).state_dict())
     withExpert = save_cascade(cascade, None, tmp_path / "expert_fp16.pt", expert_path=expert, weights="fp16",
-                              guide_path=tinyCheckpoint, guidance=2.5)
+                              guide_path=tinyCheckpoint, guidance=2.5, detail_path=detail)
     checkpoints = [str(tinyCheckpoint), defaultCheckpointPath(), str(cascade), str(withExpert)]
     completed = runBlocked({"torch"}, "import json\nfrom PowdrOutpaintLib.modelcard import readModelCard\n"
                                       "print(json.dumps([readModelCard(path) for path in sys.argv[1:]]))",
@@ -441,12 +448,13 @@ def test_model_card_needs_no_torch_and_matches_the_engine(tinyCheckpoint, tmp_pa
         assert card == json.loads(engine.stdout.strip().splitlines()[-1])
     # A cascade's card names its detail stage, and the parameters count both stages.
     text = formatModelCard(cards[2])
-    assert "Detail stage: 3.6 mm grid" in text
+    assert "Refine stage: 3.6 mm grid" in text
     assert f"{(cards[2]['parameters'] + cards[2]['refine']['parameters']) / 1e6:.2f} M" in text
     text = formatModelCard(cards[3])
     assert "Last-steps expert: timesteps below 100" in text
     assert "Guided by a weaker first stage (weight 2.5, on timesteps from 30 up, detail subbands only)" in text
-    total = sum(cards[3][key]["parameters"] for key in ("refine", "expert", "guide")) + cards[3]["parameters"]
+    assert "Detail stage: redraws the first stage's detail" in text
+    total = sum(cards[3][key]["parameters"] for key in ("refine", "detail", "expert", "guide")) + cards[3]["parameters"]
     assert f"Parameters: {total / 1e6:.2f} M" in text
 
 
