@@ -33,10 +33,10 @@ DEMO_MASK_VOXELS = 40_000  # 40 ml at 1 mm, a mid-sized glioma
 BUNDLED_MODEL_NOTE = (
     "About the bundled model: a CPU-sized demonstration trained on 10 BraTS 2018 glioma cases (T1). "
     "It shows the method working on a laptop: brain-like anatomy around the kept region that differs "
-    "from sample to sample, with the region copied exactly: a midline, lateral ventricles and sulci all round "
-    "the surface. Its anatomy is simplified and unlike a real scan in plain ways (grey matter no darker than "
-    "white matter, so no cortical ribbon; small dark flecks in the white matter; a faint rim at the brain's "
-    "outline), and it has "
+    "from sample to sample, with the region copied exactly: a midline, lateral ventricles, and sulci as dark "
+    "folds all round the surface. Its anatomy is simplified and unlike a real scan in plain ways (grey matter "
+    "is hardly darker than white matter, so the cortical ribbon and the grey/white boundary are faint or "
+    "missing over most of the brain; the tissue is mottled; a faint rim at the brain's outline), and it has "
     "seen very few brains, so use it to try the workflow and to test pipelines, not to train or evaluate a "
     "model meant for patients. Its model card: Resources/Models/MODEL_CARD.md."
 )
