@@ -168,7 +168,7 @@ def test_cascade_holds_the_expert_and_refuses_what_cannot_stand_in(stages, tmp_p
         save_cascade(stages["first"], None, tmp_path / "x.pt", expert_path=stages["first"])
     with pytest.raises(CheckpointError, match="another grid, modality or diffusion"):
         save_cascade(stages["first"], None, tmp_path / "x.pt", expert_path=_expert(tmp_path / "demo.pt", "demo"))
-    with pytest.raises(CheckpointError, match="needs a refine stage, an expert"):
+    with pytest.raises(CheckpointError, match="needs a refine stage, a detail stage, an expert"):
         save_cascade(stages["first"], None, tmp_path / "x.pt")
     assert not (tmp_path / "x.pt").exists()
 

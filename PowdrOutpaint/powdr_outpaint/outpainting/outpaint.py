@@ -397,7 +397,7 @@ def iter_samples(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (index, (S, X, Y, Z) images in [-1, 1] on ``case.final``'s model grid), batch by batch."""
     config = case.model.config
-    lll = config.normalisation.subband_scale
+    scale = config.normalisation.subband_scale
     sampler = Sampler(Schedule.from_config(config.diffusion), options.sampler, options.steps, options.eta)
     forward = first_stage_forward(
         case.model, device, options.precision, options.expert, options.expert_outline, options.guidance,
@@ -405,7 +405,7 @@ def iter_samples(
     )
     image = torch.from_numpy(case.model_images)[None].to(device)
     lesion = torch.from_numpy(case.prepared.model_lesion)[None, None].to(device)
-    condition_one = make_condition(image, lesion, lll)
+    condition_one = make_condition(image, lesion, scale)
     count = len(case.per_sequence)
     refiner = Refiner(case, options, device) if case.model.refiner is not None else None
     detailer = Refiner(case, options, device, detail=True) if case.model.detailer is not None else None
@@ -433,7 +433,7 @@ def iter_samples(
                 message=f"sample {batch[0] + 1}-{batch[-1] + 1} of {options.samples}, step {done}/{sampler.num_steps}",
             )
 
-        images = denoise(forward, condition, sampler, generators, lll, on_step, sequences=count)
+        images = denoise(forward, condition, sampler, generators, scale, on_step, sequences=count)
         done_before += len(indices) * sampler.num_steps
         for offset, index in enumerate(indices):
             if refiner is None and detailer is None:
@@ -477,12 +477,12 @@ class Refiner:
         self.case, self.device, self.fine = case, device, fine
         config = stage.config
         self.config = config
-        self.lll = config.normalisation.subband_scale
+        self.scale = config.normalisation.subband_scale
         self.sampler = Sampler(Schedule.from_config(config.diffusion), options.refine_sampler, options.refine_steps)
         self.forward = FastForward(stage.network, device, options.precision)
         image = torch.from_numpy(fine.model_image)[None, None].to(device)
         lesion = torch.from_numpy(fine.model_lesion)[None, None].to(device)
-        self.lesion_condition = make_condition(image, lesion, self.lll)
+        self.lesion_condition = make_condition(image, lesion, self.scale)
         # The refine network is convolutional without attention, so it runs on the whole grid
         # as well as on the blocks it was trained on; "blocks" bounds the memory of large grids.
         wavelet_grid = tuple(s // 2 for s in fine.model_image.shape)
@@ -496,7 +496,7 @@ class Refiner:
             [self.lesion_condition, torch.from_numpy(first)[None, None].to(self.device)], dim=1
         )
         images = denoise_in_blocks(
-            self.forward, condition, self.sampler, [generator], self.lll, self.block, on_step
+            self.forward, condition, self.sampler, [generator], self.scale, self.block, on_step
         )
         return keep_first_stage_background(images[0, 0].float().cpu().numpy(), first)
 

@@ -458,7 +458,7 @@ class Trainer:
         if warning:
             self.say(warning)
         self.schedule = Schedule.from_config(self.config.diffusion)
-        self.lll = self.config.normalisation.subband_scale
+        self.scale = self.config.normalisation.subband_scale
 
     def _initial_weights(self, path: str) -> dict[str, torch.Tensor]:
         """The (EMA) weights of another checkpoint of the same network, to fine-tune from.
@@ -537,7 +537,7 @@ class Trainer:
         forward = FastForward(self.preview_net, device)
         image = torch.from_numpy(case.image if case.image.ndim == 4 else case.image[None])[None].to(device)
         lesion = torch.from_numpy(case.lesion)[None, None].to(device)
-        condition = make_condition(image, lesion, self.lll)
+        condition = make_condition(image, lesion, self.scale)
         if self.config.stage == "refine":
             # The preview refines the held-out case's own half-resolution image.
             condition = torch.cat([condition, coarse_of(image)], dim=1)
@@ -550,7 +550,7 @@ class Trainer:
             sample, start = self._expert_preview(forward, image, condition, sampler, generators[0])
             title += f"  (expert: from the case noised to t = {start})"
         else:
-            sample = denoise(forward, condition, sampler, generators, self.lll, sequences=image.shape[1])
+            sample = denoise(forward, condition, sampler, generators, self.scale, sequences=image.shape[1])
         # The first sequence is shown; it is the one a single-sequence model has.
         picture = render_preview(
             condition_image(image, lesion)[0, 0].float().cpu().numpy(),
@@ -565,14 +565,14 @@ class Trainer:
         """(B, S, X, Y, Z) images: ``image`` noised to the expert's first step, then denoised; and that t."""
         indices = [i for i in sampler.indices() if sampler.model_timestep(i) < self.settings.max_timestep]
         start = sampler.model_timestep(indices[0])
-        target = image_to_wavelet(image, self.lll)
+        target = image_to_wavelet(image, self.scale)
         noise = torch.randn(target.shape[1:], generator=generator, device=target.device)[None]
         x = self.schedule.q_sample(target, torch.tensor([start], device=target.device), noise)
         for index in indices:
             t = torch.full((1,), sampler.model_timestep(index), device=x.device, dtype=torch.long)
-            x0 = clip_in_image_space(forward(torch.cat([x, condition], dim=1), t), self.lll)
+            x0 = clip_in_image_space(forward(torch.cat([x, condition], dim=1), t), self.scale)
             x = sampler.step(x, index, x0, None)
-        return wavelet_to_image(x, self.lll).clamp_(-1.0, 1.0), start
+        return wavelet_to_image(x, self.scale).clamp_(-1.0, 1.0), start
 
     # ------------------------------------------------------------------ loop
 
@@ -585,8 +585,8 @@ class Trainer:
         generator.manual_seed(stream_seed(settings.seed, step, self.context.rank, STREAM_NOISE))
         t = torch.randint(0, self.timestep_limit, (image.shape[0],), generator=generator, device=device)
         with torch.no_grad():
-            target = image_to_wavelet(image, self.lll)
-            condition = make_condition(image, mask, self.lll)
+            target = image_to_wavelet(image, self.scale)
+            condition = make_condition(image, mask, self.scale)
             if self.config.stage == "refine":
                 coarse = degrade_coarse(coarse_of(image), generator, settings.coarse_blur, settings.coarse_noise)
                 condition = torch.cat([condition, coarse], dim=1)
