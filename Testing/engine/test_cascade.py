@@ -23,9 +23,10 @@ from test_train import brats_or_skip, command, environment, tiny_options
 from powdr_outpaint.errors import CheckpointError, PowdrError
 from powdr_outpaint.imaging.masks import foreground_depth
 from powdr_outpaint.imaging.preprocess import Prepared
-from powdr_outpaint.model.checkpoint import ModelConfig, initial_checkpoint, load_model, save_cascade, save_checkpoint
+from powdr_outpaint.model.checkpoint import (
+    ModelConfig, initial_checkpoint, initial_weights, load_model, save_cascade, save_checkpoint,
+)
 from powdr_outpaint.model.diffusion import DiffusionConfig, Schedule
-from powdr_outpaint.model.network import OutpaintUNet
 from powdr_outpaint.model.samplers import Sampler
 from powdr_outpaint.outpainting.cascade import block_starts, coarse_on_fine, denoise_in_blocks
 from powdr_outpaint.outpainting.outpaint import denoise, sample_generator
@@ -317,12 +318,7 @@ def _tiny_detail_stage(path: Path, seed: int = 2) -> Path:
     config = ModelConfig.from_preset("tiny-refine")
     first = ModelConfig.from_preset("tiny")
     config = replace(config, grid=replace(first.grid, patch=(32, 32, 32)))
-    torch.manual_seed(seed)
-    network = OutpaintUNet(config.network, config.diffusion)
-    for module in network.modules():
-        if isinstance(module, torch.nn.Conv3d) and not module.weight.any():
-            module.reset_parameters()
-    return save_checkpoint(path, config, network.state_dict())
+    return save_checkpoint(path, config, initial_weights(config, seed))
 
 
 def test_detail_stage_joins_only_a_first_stage_of_its_own_grid(cascade_checkpoint, tmp_path):

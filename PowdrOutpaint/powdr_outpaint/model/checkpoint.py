@@ -690,20 +690,25 @@ def save_checkpoint(
     return atomic_torch_save(payload, path)
 
 
-def initial_checkpoint(path: str | os.PathLike, preset: str, seed: int = 0, modality: str = "t1") -> Path:
-    """An untrained checkpoint of a preset (deterministic for a seed).
+def initial_weights(config: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Untrained weights of ``config``'s network (deterministic for a seed).
 
     Layers that training starts from zero get PyTorch's default random initialisation
     here, so the untrained network's output depends on its input and noise, as a
     trained one's does; this keeps plumbing tests meaningful.
     """
-    config = ModelConfig.from_preset(preset, modality=modality)
     torch.manual_seed(seed)
     network = OutpaintUNet(config.network, config.diffusion)
     for module in network.modules():
         if isinstance(module, torch.nn.Conv3d) and not module.weight.any():
             module.reset_parameters()
-    return save_checkpoint(path, config, network.state_dict())
+    return network.state_dict()
+
+
+def initial_checkpoint(path: str | os.PathLike, preset: str, seed: int = 0, modality: str = "t1") -> Path:
+    """An untrained checkpoint of a preset (deterministic for a seed; see :func:`initial_weights`)."""
+    config = ModelConfig.from_preset(preset, modality=modality)
+    return save_checkpoint(path, config, initial_weights(config, seed))
 
 
 def with_training(config: ModelConfig, **changes: Any) -> ModelConfig:

@@ -87,6 +87,26 @@ _DEMO = Preset(
     training=TrainingDefaults(learning_rate=5e-4, batch_size=2, ema_decay=0.998),
 )
 
+_REFINE = Preset(
+    name="refine",
+    description=(
+        "The bundled cascade's second stage: 128x128x96 at 1.8 mm, trained on 64-voxel blocks "
+        "(115 mm), refining a 3.6 mm first stage; base 32, 3 levels, no attention (CPU-sized)."
+    ),
+    network=NetworkConfig(
+        in_channels=17,
+        base_channels=32,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=1,
+        attention_levels=(),
+        head_channels=32,
+        norm_groups=8,
+    ),
+    grid=GridConfig(shape=(128, 128, 96), spacing=(1.8, 1.8, 1.8), patch=(64, 64, 64)),
+    training=TrainingDefaults(learning_rate=5e-4, batch_size=2, ema_decay=0.998, augment=0.8),
+    stage="refine",
+)
+
 PRESETS: dict[str, Preset] = {
     "paper": Preset(
         name="paper",
@@ -141,47 +161,21 @@ PRESETS: dict[str, Preset] = {
         network=replace(_DEMO.network, base_channels=48),
         training=replace(_DEMO.training, augment=0.8),
     ),
-    "refine": Preset(
-        name="refine",
-        description=(
-            "The bundled cascade's second stage: 128x128x96 at 1.8 mm, trained on 64-voxel blocks "
-            "(115 mm), refining a 3.6 mm first stage; base 32, 3 levels, no attention (CPU-sized)."
-        ),
-        network=NetworkConfig(
-            in_channels=17,
-            base_channels=32,
-            channel_mult=(1, 2, 2),
-            num_res_blocks=1,
-            attention_levels=(),
-            head_channels=32,
-            norm_groups=8,
-        ),
-        grid=GridConfig(shape=(128, 128, 96), spacing=(1.8, 1.8, 1.8), patch=(64, 64, 64)),
-        training=TrainingDefaults(learning_rate=5e-4, batch_size=2, ema_decay=0.998, augment=0.8),
-        stage="refine",
-    ),
+    "refine": _REFINE,
     # The first stage draws a fair 7.2 mm layout but not the 3.6 mm detail on it (gyri, the cortical
     # ribbon), which is a local matter: nearest-neighbour look-up of 3x3x3 low-pass neighbourhoods in
     # the training brains already restores it. This stage redraws the demo grid's detail from its
-    # low-pass, trained on 115 mm blocks like the refine stage one octave finer.
-    "demo-detail": Preset(
+    # low-pass with the refine stage's network, trained on 115 mm blocks like the refine stage one
+    # octave finer.
+    "demo-detail": replace(
+        _REFINE,
         name="demo-detail",
         description=(
             "A middle stage for the demo cascade: redraws the 3.6 mm detail of the demo grid (64x64x48) from "
             "its 7.2 mm low-pass, trained on 32-voxel (115 mm) blocks; base 32, 3 levels, no attention."
         ),
-        network=NetworkConfig(
-            in_channels=17,
-            base_channels=32,
-            channel_mult=(1, 2, 2),
-            num_res_blocks=1,
-            attention_levels=(),
-            head_channels=32,
-            norm_groups=8,
-        ),
-        grid=GridConfig(shape=(64, 64, 48), spacing=(3.6, 3.6, 3.6), patch=(32, 32, 32)),
-        training=TrainingDefaults(learning_rate=5e-4, batch_size=4, ema_decay=0.998, augment=0.8),
-        stage="refine",
+        grid=replace(_DEMO.grid, patch=(32, 32, 32)),
+        training=replace(_REFINE.training, batch_size=4),
     ),
     "tiny-refine": Preset(
         name="tiny-refine",
