@@ -38,8 +38,6 @@ def evaluate_figures(image: Path, mask: Path, out: Path) -> dict:
         "pairwise_median_pct": realism["pairwise_difference_pct"]["median"],
         "high_frequency_ratio": realism["high_frequency_ratio"],
         "histogram_distance": realism["histogram_distance"],
-        "depth_contrast": realism["depth_contrast"],
-        "depth_contrast_original": realism["depth_contrast_original"],
         "ssim_out": metrics["fidelity_mean"]["ssim"]["outside"],
         "ms_ssim_out": metrics["fidelity_mean"]["ms_ssim"]["outside"],
         "cosine": metrics["diversity"]["cosine"]["mean"],

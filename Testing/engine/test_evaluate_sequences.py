@@ -9,7 +9,6 @@ exactly, and the JSON, the table and the PNG must cover every sequence.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -112,10 +111,6 @@ def test_every_sequence_is_evaluated_and_its_lesion_kept_exactly(evaluated, case
     # Each sequence has its own intensities, so its figures are its own.
     ranges = [section["realism"]["intensity_range"] for section in result["sequences"].values()]
     assert len(set(ranges)) == 4
-    # White matter is brighter than the cortex in T1 and darker in T2: each original's layout is its own.
-    layout = {name: section["realism"]["depth_contrast_original"] for name, section in result["sequences"].items()}
-    assert layout["t1"] > 0.05 and layout["t2"] < 0
-    assert all(math.isfinite(section["realism"]["depth_contrast"]) for section in result["sequences"].values())
 
 
 def test_each_sequence_is_compared_with_its_own_original(evaluated, case, run4):

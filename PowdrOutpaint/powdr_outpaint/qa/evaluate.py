@@ -439,17 +439,13 @@ def _evaluate_sequence(
     scale = m.intensity_range(original, brain)
     outside = regions["outside"]
     reference_hf = m.high_frequency_energy(original, outside)
-    depth = m.depth_below_surface(brain, original_volume.spacing)
     for entry, sample in zip(per_sample, samples):
         entry["high_frequency_ratio"] = m.high_frequency_ratio(sample, original, outside, reference=reference_hf)
         entry["histogram_distance"] = m.histogram_distance(sample, original, outside, scale)
-        entry["depth_contrast"] = m.depth_contrast(sample, depth, outside, scale)
     realism: dict[str, Any] = {
         "intensity_range": scale,
         "high_frequency_ratio": float(np.mean([e["high_frequency_ratio"] for e in per_sample])),
         "histogram_distance": float(np.mean([e["histogram_distance"] for e in per_sample])),
-        "depth_contrast": float(np.mean([e["depth_contrast"] for e in per_sample])),
-        "depth_contrast_original": m.depth_contrast(original, depth, outside, scale),
         "high_frequency_sigma_voxels": m.HIGH_FREQUENCY_SIGMA,
     }
     if len(samples) >= 2:
@@ -611,8 +607,7 @@ def _format_block(result: dict[str, Any], heading: str) -> str:
         lines.append(
             f"realism: {spread}high-frequency ratio {_num(realism['high_frequency_ratio'])} "
             f"(1 = as detailed as the original); histogram distance {_num(realism['histogram_distance'])} "
-            f"(0 = same intensities); depth contrast {_num(realism['depth_contrast'])} "
-            f"(original {_num(realism['depth_contrast_original'])}; brain: white matter over cortex)"
+            f"(0 = same intensities)"
         )
     std = result["std_map"]
     lines.append(

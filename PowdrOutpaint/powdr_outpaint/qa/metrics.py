@@ -482,37 +482,6 @@ def high_frequency_ratio(
     return float(np.sqrt(high_frequency_energy(sample, region, sigma) / reference))
 
 
-#: Depth bands below the foreground's surface, mm: in a brain the outer band is mostly cortex and
-#: the sulcal CSF between its folds, the inner one mostly white matter (its 12 shared BraTS T1
-#: cases: contrast 0.12-0.40 of the intensity range between them).
-DEPTH_SURFACE_MM = (0.0, 4.0)
-DEPTH_CORE_MM = (10.0, 20.0)
-
-
-def depth_below_surface(foreground: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
-    """(X, Y, Z) distance in mm of each voxel of the hole-filled ``foreground`` from the outside."""
-    filled = ndimage.binary_fill_holes(np.asarray(foreground, dtype=bool))
-    return ndimage.distance_transform_edt(filled, sampling=tuple(float(s) for s in spacing))
-
-
-def depth_contrast(volume: np.ndarray, depth: np.ndarray, region: np.ndarray, scale: float) -> float:
-    """Mean intensity over ``region`` at :data:`DEPTH_CORE_MM` below the surface minus the mean
-    at :data:`DEPTH_SURFACE_MM`, as a fraction of ``scale`` (an intensity range).
-
-    In a T1 brain it is the white matter's brightness over the cortex's: it sees the layout of
-    grey and white matter, which the histogram distance does not (shuffling the voxels keeps
-    the histogram and takes the contrast to 0). NaN when a band holds no voxel of ``region``.
-    """
-    volume = np.asarray(volume)
-    means = []
-    for low, high in (DEPTH_CORE_MM, DEPTH_SURFACE_MM):
-        band = region & (depth >= low) & (depth < high)
-        if not band.any():
-            return float("nan")
-        means.append(float(volume[band].astype(np.float64).mean()))
-    return (means[0] - means[1]) / scale
-
-
 def histogram_distance(sample: np.ndarray, original: np.ndarray, region: np.ndarray, scale: float) -> float:
     """1-D Wasserstein distance of the intensities over ``region``, as a fraction of ``scale``."""
     from scipy.stats import wasserstein_distance
