@@ -166,6 +166,8 @@ def _stageCard(configText, weights, name: str) -> dict:
              and isinstance(normalisation, dict), name, "sections")
     detailScale = normalisation.get("detail_scale", 1.0)
     _require(isinstance(detailScale, (int, float)) and not isinstance(detailScale, bool), name, "detail scale")
+    outline = config.get("outline", False)
+    _require(isinstance(outline, bool), name, "outline")
     _require(isinstance(weights, dict) and bool(weights)
              and all(isinstance(value, _TensorShape) for value in weights.values()), name, "no weights")
     modality = str(config.get("modality", ""))
@@ -187,6 +189,7 @@ def _stageCard(configText, weights, name: str) -> dict:
         },
         "timesteps": diffusion.get("timesteps"),
         "detail_scale": float(detailScale),
+        "outline": outline,
         "parameters": sum(value.numel for value in weights.values()),
     }
 
@@ -264,10 +267,15 @@ def formatModelCard(card: dict) -> str:
         lines.append(f"Refine stage: {spacingText} mm grid" + (f", {iterations} iterations" if iterations else ""))
         if isinstance(parameters, (int, float)) and isinstance(refine.get("parameters"), (int, float)):
             parameters = parameters + refine["parameters"]
+    if card.get("outline"):
+        lines.append("Brain outline: the input's (the new anatomy fills it)")
     detail = card.get("detail")
     if isinstance(detail, dict):
         iterations = (detail.get("training") or {}).get("iterations")
-        lines.append("Detail stage: redraws the first stage's detail"
+        detailSpacing = (detail.get("grid") or {}).get("spacing_mm") or []
+        finer = bool(spacing) and bool(detailSpacing) and float(detailSpacing[0]) < float(spacing[0]) - 1e-6
+        lines.append((f"Detail stage: draws {float(detailSpacing[0]):g} mm detail on the first stage" if finer
+                      else "Detail stage: redraws the first stage's detail")
                      + (f", {iterations} iterations" if iterations else ""))
         if isinstance(parameters, (int, float)) and isinstance(detail.get("parameters"), (int, float)):
             parameters = parameters + detail["parameters"]

@@ -330,14 +330,20 @@ def test_detail_stage_joins_only_a_first_stage_of_its_own_grid(cascade_checkpoin
     info = subprocess.run(command("info", "--checkpoint", joined, "--json"), capture_output=True, text=True,
                           env=environment())
     assert info.returncode == 0 and json.loads(info.stdout)["detail"]["parameters"] > 0
-    # A refine stage one octave finer is not a detail stage of this first stage.
+    # A refine stage on a grid neither the first stage's nor one octave finer is no detail stage of it.
     other = initial_checkpoint(tmp_path / "refine.pt", "tiny-refine")
-    with pytest.raises(CheckpointError, match="must share the first stage's grid"):
+    with pytest.raises(CheckpointError, match="must share the first stage's grid or be one octave finer"):
         save_cascade(cascade_checkpoint, None, tmp_path / "x.pt", detail_path=other)
     first = initial_checkpoint(tmp_path / "first.pt", "tiny")
-    with pytest.raises(CheckpointError, match="holds no refine stage"):
+    with pytest.raises(CheckpointError, match="holds no detail stage"):
         save_cascade(cascade_checkpoint, None, tmp_path / "x.pt", detail_path=first)
+    with pytest.raises(CheckpointError, match="holds no detail stage"):
+        save_cascade(first, None, tmp_path / "x.pt", detail_path=cascade_checkpoint)
     assert not (tmp_path / "x.pt").exists()
+    # A cascade gives its detail stage to a new first stage, unchanged.
+    again = load_model(save_cascade(first, None, tmp_path / "again.pt", detail_path=joined))
+    for key, value in model.detailer.network.state_dict().items():
+        assert torch.equal(again.detailer.network.state_dict()[key], value)
 
 
 def test_detail_stage_redraws_the_first_stage_and_keeps_the_lesion(cascade_checkpoint, brats_case, tmp_path):
@@ -371,3 +377,62 @@ def test_detail_stage_redraws_the_first_stage_and_keeps_the_lesion(cascade_check
     assert not np.allclose(fractions * 5, np.round(fractions * 5), atol=1e-3)
     assert work[-1]["fraction"] == 1.0 and "refine step 2/2" in work[-1]["message"]
     assert all(e["fraction"] < 1.0 for e in work[:-1])
+
+
+# ------------------------------------------------------------------ a first stage one octave coarser
+
+
+def _coarse_first_stage(path: Path, seed: int = 0) -> Path:
+    """The tiny network on 24x24x16 voxels of 9.6 mm: one octave coarser than the tiny detail stage."""
+    config = ModelConfig.from_preset("tiny")
+    config = replace(config, grid=replace(config.grid, shape=(24, 24, 16), spacing=(9.6, 9.6, 9.6)))
+    return save_checkpoint(path, config, initial_weights(config, seed))
+
+
+def test_a_coarse_first_stage_reaches_the_finer_detail_stage_uninterpolated(brats_case):
+    """The detail stage was trained to draw from the exact 2x2x2 block means of its own grid; a
+    first stage one octave coarser must reach it as those values, not resampled across a
+    millimetre's offset (grids planned on their own snap to the input's voxels)."""
+    from powdr_outpaint.imaging.preprocess import lesion_on_image_grid, prepare
+    from powdr_outpaint.imaging.volume_io import load_volume
+    from powdr_outpaint.outpainting.cascade import octave_finer_affine
+
+    image = load_volume(brats_case["image"], "image")
+    lesion = lesion_on_image_grid(load_volume(brats_case["mask"], "mask"), image, None)
+    coarse = prepare(image, lesion, ModelConfig.from_preset("demo-coarse"))
+    fine = prepare(image, lesion, ModelConfig.from_preset("demo-detail"), octave_finer_affine(coarse.model_affine))
+    drawn = np.random.default_rng(0).uniform(-1, 1, coarse.model_image.shape).astype(np.float32)
+    np.testing.assert_allclose(coarse_on_fine(drawn, coarse, fine), drawn, atol=1e-5)
+    # The finer grid holds the same lesion and the same image, twice as finely.
+    assert fine.model_lesion.sum() > 4 * coarse.model_lesion.sum()
+    means = fine.model_image.reshape(32, 2, 32, 2, 24, 2).mean(axis=(1, 3, 5))
+    assert np.corrcoef(means.ravel(), coarse.model_image.ravel())[0, 1] > 0.97
+
+
+def test_cascade_with_a_coarse_first_stage_samples_on_the_input_grid(cascade_checkpoint, brats_case, tmp_path):
+    """First stage 9.6 mm, detail stage 4.8 mm, refine stage 3.6 mm: the file joins, the user
+    gets the input's grid with the lesion exact, and the progress bar counts all three stages."""
+    first = _coarse_first_stage(tmp_path / "coarse.pt")
+    detail = _tiny_detail_stage(tmp_path / "detail.pt")
+    joined = save_cascade(first, cascade_checkpoint, tmp_path / "three.pt", detail_path=detail)
+    model = load_model(joined)
+    assert model.detailer.config.grid.shape == tuple(2 * s for s in model.config.grid.shape)
+    out = tmp_path / "out"
+    result = subprocess.run(
+        command("sample", "--image", brats_case["image"], "--mask", brats_case["mask"], "--checkpoint", joined,
+                "--samples", 1, "--steps", 3, "--refine-steps", 2, "--seed", 4, "--device", "cpu",
+                "--progress", "json", "--out", out),
+        capture_output=True, text=True, timeout=600, env=environment(),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    original = nib.load(str(brats_case["image"]))
+    lesion = np.asarray(nib.load(str(brats_case["mask"])).dataobj) > 0
+    sample = np.asarray(nib.load(str(next(out.glob("*_outpaint_s00.nii.gz")))).dataobj)
+    assert sample.shape == original.shape
+    assert np.array_equal(sample[lesion], np.asarray(original.dataobj)[lesion])
+    assert np.abs(sample[~lesion].astype(float)).mean() > 0
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    work = [e for e in events if e.get("event") == "progress" and e.get("step") is not None]
+    fractions = np.array([e["fraction"] for e in work])
+    assert np.allclose(fractions * 7, np.round(fractions * 7), atol=1e-3)
+    assert work[-1]["fraction"] == 1.0 and "refine step 2/2" in work[-1]["message"]

@@ -166,7 +166,7 @@ def test_cascade_holds_the_expert_and_refuses_what_cannot_stand_in(stages, tmp_p
         save_cascade(stages["expert"], stages["refine"], tmp_path / "x.pt")
     with pytest.raises(CheckpointError, match="is not an expert for the last steps"):
         save_cascade(stages["first"], None, tmp_path / "x.pt", expert_path=stages["first"])
-    with pytest.raises(CheckpointError, match="another grid, modality or diffusion"):
+    with pytest.raises(CheckpointError, match="another grid, modality, diffusion or outline"):
         save_cascade(stages["first"], None, tmp_path / "x.pt", expert_path=_expert(tmp_path / "demo.pt", "demo"))
     with pytest.raises(CheckpointError, match="needs a refine stage, a detail stage, an expert"):
         save_cascade(stages["first"], None, tmp_path / "x.pt")

@@ -95,7 +95,7 @@ def test_cascade_stores_the_guide_and_its_weight_and_refuses_what_cannot_guide(s
 
     with pytest.raises(CheckpointError, match="is not a whole first stage, so it cannot guide one"):
         save_cascade(stages["first"], None, tmp_path / "x.pt", guide_path=_expert(tmp_path / "e.pt"))
-    with pytest.raises(CheckpointError, match="another grid, modality or diffusion"):
+    with pytest.raises(CheckpointError, match="another grid, modality, diffusion or outline"):
         save_cascade(stages["first"], None, tmp_path / "x.pt",
                      guide_path=initial_checkpoint(tmp_path / "demo.pt", "demo"))
     with pytest.raises(CheckpointError, match="must be a number from 1 to 10"):

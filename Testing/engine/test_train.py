@@ -299,9 +299,11 @@ def test_training_items_follow_the_strategy(four_cases, cache_dir):
     tumour = items(condition="tumor")
     for k in range(6):
         case = store.get(tumour.case_index(k))
-        image, mask = tumour[k]
-        assert image.shape == mask.shape == (1, 48, 48, 32)
+        image, mask, brain = tumour[k]
+        assert image.shape == mask.shape == brain.shape == (1, 48, 48, 32)
         np.testing.assert_array_equal(mask[0].numpy() > 0, case.lesion)
+        # The brain the item carries (the outline a model trained with --outline sees) is the case's.
+        np.testing.assert_array_equal(brain[0].numpy() > 0, case.foreground)
     # Every epoch visits every case once.
     assert sorted(tumour.case_index(k) for k in range(4, 8)) == [0, 1, 2, 3]
 

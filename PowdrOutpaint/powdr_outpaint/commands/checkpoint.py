@@ -69,9 +69,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cascade.add_argument("--refine", default=None,
                          help="the refine stage (a refine-preset latest.pt, or a cascade)")
     cascade.add_argument("--detail", default=None,
-                         help="a detail stage (a demo-detail latest.pt) that redraws the first stage's detail from "
-                              "its half-resolution image, on the first stage's grid; without it, a detail stage "
-                              "the --first file holds is kept")
+                         help="a detail stage (a demo-detail latest.pt) that draws detail from the first stage's image "
+                              "seen at half its own resolution: on the first stage's grid (demo), or one octave "
+                              "finer (demo-coarse); a cascade gives its detail stage; without it, a detail stage the "
+                              "--first file holds is kept")
     cascade.add_argument("--expert", default=None,
                          help="an expert for the first stage's last steps (a run trained with --max-timestep); "
                               "without it, an expert the --first file holds is kept")

@@ -65,6 +65,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="first stage: multiply the seven detail subbands by K before the diffusion, so they "
                             "are drawn on more of the chain's steps, together with the layout (default 1, the "
                             "paper's; README, Training)")
+    model.add_argument("--outline", action="store_true", default=None,
+                       help="first stage: also condition on the brain's outline (the input's foreground), so "
+                            "the new brain fills the patient's and the lesion keeps its depth in it (README, "
+                            "Training); --init-from a checkpoint without it adds the channel at zero")
     model.add_argument("--init-from", default=None, metavar="CKPT",
                        help="start a new run from the weights of a checkpoint of the same preset (fine-tuning); "
                             "from a cascade, the stage this run trains")

@@ -20,6 +20,8 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from .resample import resample
+
 # Face neighbours: the 6-connectivity used for labelling and growth.
 SIX_CONNECTED = ndimage.generate_binary_structure(3, 1)
 # Amplitude of the smooth noise relative to the ellipsoid radius: large enough to
@@ -248,3 +250,15 @@ def _grow_in_box(
     priority = _priority(inside.shape, seed_voxel - lo, equivalent_radius(target), rng)
     blob = _grow(inside, priority, tuple(int(v) for v in seed_voxel - lo), target)
     return blob, box
+
+
+def model_foreground(data: np.ndarray, model_to_input: np.ndarray, lesion: np.ndarray) -> np.ndarray:
+    """The anatomy on the model grid, (X, Y, Z) bool like ``lesion``.
+
+    Input voxels above the background value, resampled (nearest) onto the model grid,
+    holes filled, lesion included, largest 6-connected component kept.
+    """
+    above = (data > data.min()).astype(np.uint8)
+    foreground = resample(above, model_to_input, lesion.shape, order=0, cval=0) > 0
+    foreground = ndimage.binary_fill_holes(foreground | lesion)
+    return largest_component(foreground)

@@ -187,8 +187,8 @@ def prepare(
 ) -> Prepared:
     """Map an image and its lesion (on the image grid) onto the model grid.
 
-    ``model_affine`` places the model grid (another sequence of the same case was placed
-    first); None plans it from this image and lesion.
+    ``model_affine`` places the model grid (another sequence of the same case, or a coarser
+    stage of a cascade, was placed first); None plans it from this image and lesion.
     """
     check_image(image)
     data = image.data

@@ -39,7 +39,7 @@ from ..imaging.atomic import atomic_target
 from .diffusion import DiffusionConfig
 from .network import NetworkConfig, OutpaintUNet
 from .presets import STAGES, GridConfig, get_preset
-from .transforms import COARSE_CHANNELS, SubbandScale
+from .transforms import COARSE_CHANNELS, OUTLINE_CHANNELS, SubbandScale
 
 FORMAT = "powdr-outpaint-checkpoint"
 #: Beyond this the detail bands would outweigh the low-pass band many times over.
@@ -108,6 +108,9 @@ class ModelConfig:
     training: TrainingInfo = field(default_factory=TrainingInfo)
     format_version: int = FORMAT_VERSION
     stage: str = "outpaint"  # presets.STAGES
+    # A first stage that also sees the brain's outline (one more input channel, see
+    # transforms.outline_of); files stored before it have no such channel.
+    outline: bool = False
 
     @property
     def sequences(self) -> tuple[str, ...]:
@@ -143,12 +146,16 @@ class ModelConfig:
         if len(set(self.sequences)) != len(self.sequences):
             raise ValueError(f"modality names a sequence twice ({self.modality})")
         count = len(self.sequences)
-        expected = (16 + (COARSE_CHANNELS if self.stage == "refine" else 0)) * count
+        if not isinstance(self.outline, bool):
+            raise ValueError("outline must be true or false")
+        if self.outline and self.stage != "outpaint":
+            raise ValueError("only a first stage sees the brain's outline")
+        expected = (16 + (COARSE_CHANNELS if self.stage == "refine" else 0)) * count + self.outline * OUTLINE_CHANNELS
         if self.network.in_channels != expected or self.network.out_channels != 8 * count:
+            extra = " + the first stage" if self.stage == "refine" else " + the outline" if self.outline else ""
             raise ValueError(
                 f"a {self.stage} network of {count} sequence{'s' if count > 1 else ''} must take {expected} "
-                f"channels (noisy + condition subbands{' + the first stage' if self.stage == 'refine' else ''}) "
-                f"and return {8 * count}"
+                f"channels (noisy + condition subbands{extra}) and return {8 * count}"
             )
         if self.stage == "refine" and not self.grid.patch:
             raise ValueError("a refine network needs the training patch size in its grid")
@@ -160,6 +167,8 @@ class ModelConfig:
         # Unscaled detail bands are written as before, so versions without detail scaling read the file.
         if self.normalisation.detail_scale == 1.0:
             del raw["normalisation"]["detail_scale"]
+        if not self.outline:
+            del raw["outline"]
         return json.dumps(raw, sort_keys=True)
 
     @classmethod
@@ -191,6 +200,7 @@ class ModelConfig:
                 modality=str(raw.get("modality", "")),
                 training=training,
                 stage=str(raw.get("stage", "outpaint")),
+                outline=raw.get("outline", False),
             )
         except KeyError as error:
             raise ValueError(f"the configuration lacks the field {error.args[0]!r}") from None
@@ -214,6 +224,7 @@ class ModelConfig:
             },
             "timesteps": self.diffusion.timesteps,
             "detail_scale": self.normalisation.detail_scale,
+            "outline": self.outline,
         }
 
 
@@ -251,7 +262,7 @@ class LoadedModel:
     path: Path
     extra: dict[str, Any]
     refiner: "LoadedModel | None" = None  # the refine stage of a cascade
-    detailer: "LoadedModel | None" = None  # a refine stage on the first stage's own grid (its detail)
+    detailer: "LoadedModel | None" = None  # a refine stage on the first stage's grid or one octave finer
     expert: "LoadedModel | None" = None  # the first stage's expert for its last steps
     guide: "LoadedModel | None" = None  # a weaker first stage that guides this one (autoguidance)
     guidance: float = 1.0  # the stored guidance weight (1: the first stage alone)
@@ -323,19 +334,34 @@ def _refiner_config(section: Any, first: ModelConfig, name: str) -> ModelConfig:
     return config
 
 
+def detail_is_finer(detailer: ModelConfig, first: ModelConfig) -> bool:
+    """Whether ``detailer`` works one octave finer than ``first``: twice the voxels, half the spacing.
+
+    Its own low-pass (the 2x2x2 block means it was trained to draw detail from) is then the first
+    stage's grid itself, so a first stage on a coarse grid can lay out the whole brain and the
+    detail stage draws its first octave of detail.
+    """
+    return detailer.grid.shape == tuple(2 * s for s in first.grid.shape) and all(
+        abs(2.0 * d - f) < 1e-6 for d, f in zip(detailer.grid.spacing, first.grid.spacing)
+    )
+
+
 def check_detailer(detailer: ModelConfig, first: ModelConfig, name: str) -> None:
     """Refuse a detail stage that cannot redraw ``first``'s detail (CheckpointError, one sentence).
 
-    A detail stage is a refine-stage network whose grid is the first stage's own: it sees the
-    first stage's image at half resolution (the low-pass) and draws the detail on that grid again.
+    A detail stage is a refine-stage network that sees an image at half its own resolution (the
+    low-pass) and draws the detail of its grid. Its grid is either the first stage's own (it
+    redraws the first stage's detail) or one octave finer (see :func:`detail_is_finer`).
     """
     if detailer.stage != "refine":
         raise CheckpointError(f"{name} is not a detail stage (train one with --preset demo-detail)")
-    if detailer.grid.shape != first.grid.shape or detailer.grid.spacing != first.grid.spacing:
+    same = detailer.grid.shape == first.grid.shape and detailer.grid.spacing == first.grid.spacing
+    if not same and not detail_is_finer(detailer, first):
         raise CheckpointError(
             f"{name} draws detail on a {'x'.join(map(str, detailer.grid.shape))} grid of "
             f"{detailer.grid.spacing[0]:g} mm, the first stage works on {'x'.join(map(str, first.grid.shape))} of "
-            f"{first.grid.spacing[0]:g} mm; a detail stage must share the first stage's grid"
+            f"{first.grid.spacing[0]:g} mm; a detail stage must share the first stage's grid or be one octave "
+            "finer (twice the voxels at half the spacing)"
         )
     if detailer.modality != first.modality:
         raise CheckpointError(
@@ -370,6 +396,7 @@ def _same_task(other: ModelConfig, first: ModelConfig) -> bool:
         and other.diffusion == first.diffusion
         and other.grid == first.grid
         and other.normalisation == first.normalisation
+        and other.outline == first.outline
         and other.network.in_channels == first.network.in_channels
         and other.network.out_channels == first.network.out_channels
     )
@@ -387,7 +414,7 @@ def check_expert(expert: ModelConfig, first: ModelConfig, name: str) -> None:
         raise CheckpointError(f"the expert of {name} claims more timesteps than the diffusion has")
     if not _same_task(expert, first):
         raise CheckpointError(
-            f"the expert of {name} was trained for another grid, modality or diffusion than its first stage"
+            f"the expert of {name} was trained for another grid, modality, diffusion or outline than its first stage"
         )
 
 
@@ -423,7 +450,7 @@ def check_guide(guide: ModelConfig, first: ModelConfig, name: str) -> None:
     if guide.stage != "outpaint" or guide.training.max_timestep:
         raise CheckpointError(f"{name} is not a whole first stage, so it cannot guide one")
     if not _same_task(guide, first):
-        raise CheckpointError(f"the guide {name} was trained for another grid, modality or diffusion than the first stage")
+        raise CheckpointError(f"the guide {name} was trained for another grid, modality, diffusion or outline than the first stage")
 
 
 #: The ``from_timestep`` ``cascade --guide`` stores when none is given: guidance on the nearly
@@ -483,9 +510,9 @@ def refiner_of(payload: dict[str, Any], first: ModelConfig, name: str) -> ModelC
 
 
 def stage_weights(path: str | os.PathLike, stage: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """The configuration and weights of one stage ("outpaint" or "refine") of a checkpoint.
+    """The configuration and weights of one stage ("outpaint", "refine" or "detail") of a checkpoint.
 
-    A cascade holds both stages; a single-stage file holds one. Raises CheckpointError with one
+    A cascade holds several stages; a single-stage file holds one. Raises CheckpointError with one
     sentence when the file holds no such stage.
     """
     config, payload = read_checkpoint(path)
@@ -496,6 +523,17 @@ def _stage_of(
     config: ModelConfig, payload: dict[str, Any], stage: str, name: str
 ) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """:func:`stage_weights` of a checkpoint already read."""
+    if stage == "detail":
+        # A detail stage is a refine-stage network: a file of its own, or a cascade's detail stage.
+        if config.stage == "refine":
+            return config, payload["weights"]
+        detailer = detailer_of(payload, config, name)
+        if detailer is None:
+            raise CheckpointError(
+                f"{name} holds no detail stage (it is not a refine-stage model or a cascade with one; "
+                "train one with --preset demo-detail)"
+            )
+        return detailer, payload["detailer"]["weights"]
     if stage == "refine" and config.stage != "refine":
         refiner = refiner_of(payload, config, name)
         if refiner is None:
@@ -602,7 +640,7 @@ def save_cascade(
     the guide of the first file); it acts on the steps with t >= ``guidance_from`` (default
     DEFAULT_GUIDANCE_FROM for a new guide), on ``guided_bands`` (default DEFAULT_GUIDED_BANDS for a
     new guide). ``detail_path`` adds a detail stage (a refine-stage network on the first stage's
-    own grid, see :func:`check_detailer`). ``weights`` "fp16" stores every weight in half precision.
+    own grid or one octave finer, see :func:`check_detailer`). ``weights`` "fp16" stores every weight in half precision.
     """
     config, first_payload = read_checkpoint(first_path)
     first, first_weights = _stage_of(config, first_payload, "outpaint", Path(first_path).name)
@@ -619,7 +657,7 @@ def save_cascade(
             )
         extra["refiner"] = {"config": refine.to_json(), "weights": stored_weights(refine_weights, weights)}
     if detail_path is not None:
-        detailer, detail_weights = stage_weights(detail_path, "refine")
+        detailer, detail_weights = stage_weights(detail_path, "detail")
         check_detailer(detailer, first, Path(detail_path).name)
         extra["detailer"] = {"config": detailer.to_json(), "weights": stored_weights(detail_weights, weights)}
     if expert_path is not None:

@@ -294,3 +294,16 @@ def rescale_detail_io(weights: dict[str, torch.Tensor], ratio: float, sequences:
         value[sequences:bands] *= ratio
         rescaled[name] = value
     return rescaled
+
+
+def add_input_channels(weights: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
+    """Weights of the same network taking ``count`` more input channels, appended last, at zero.
+
+    The new channels start with no effect, so the network predicts exactly what it did before
+    until training teaches it to use them. Returns a new dictionary; ``weights`` is not changed.
+    """
+    grown = dict(weights)
+    stem = weights["stem.weight"]
+    extra = torch.zeros((stem.shape[0], count, *stem.shape[2:]), dtype=stem.dtype)
+    grown["stem.weight"] = torch.cat([stem, extra], dim=1)
+    return grown

@@ -80,6 +80,19 @@ def clip_in_image_space(x0: torch.Tensor, scale: Scale) -> torch.Tensor:
     return image_to_wavelet(wavelet_to_image(x0, scale).clamp_(-1.0, 1.0), scale)
 
 
+#: A first stage trained with the outline sees it as one more channel on the wavelet grid.
+OUTLINE_CHANNELS = 1
+
+
+def outline_of(foreground: torch.Tensor) -> torch.Tensor:
+    """The brain's outline as a condition: (B, 1, X, Y, Z) bool -> (B, 1, X/2, Y/2, Z/2) in [-1, 1].
+
+    Each value is the share of its 2x2x2 block inside the brain, mapped to [-1, 1] like an image,
+    so the outline is placed to half a wavelet voxel.
+    """
+    return torch.nn.functional.avg_pool3d(foreground.float() * 2.0 - 1.0, 2)
+
+
 # ------------------------------------------------------------------ cascade (refine stage)
 
 #: The first stage's image enters the second stage as one channel on the wavelet grid.

@@ -108,6 +108,19 @@ def coarse_on_fine(coarse_image: np.ndarray, coarse: Prepared, fine: Prepared) -
     return resample(coarse_image.astype(np.float32), to_coarse, shape, order=1, cval=-1.0).astype(np.float32)
 
 
+def octave_finer_affine(coarse_affine: np.ndarray) -> np.ndarray:
+    """The voxel -> RAS affine of a grid one octave finer whose wavelet grid is ``coarse_affine``'s.
+
+    The inverse of the placement in :func:`coarse_on_fine`: half the spacing, shifted back by
+    half a fine voxel, so the coarse stage's image reaches the finer stage with no interpolation
+    (grids planned on their own snap to the input's voxels and differ by up to a millimetre).
+    """
+    fine = coarse_affine.copy()
+    fine[:3, :3] = coarse_affine[:3, :3] / 2.0
+    fine[:3, 3] = coarse_affine[:3, 3] - 0.5 * fine[:3, :3].sum(axis=1)
+    return fine
+
+
 #: A first-stage value at or below this (model range [-1, 1]) is background: nothing there.
 BACKGROUND_LEVEL = -0.99
 

@@ -20,6 +20,7 @@ import torch
 
 from .. import __version__
 from ..errors import PowdrError
+from ..imaging.masks import model_foreground
 from ..imaging.preprocess import (
     Prepared,
     blend_weights,
@@ -34,13 +35,15 @@ from ..imaging.preprocess import (
     to_input_grid,
 )
 from ..imaging.volume_io import Volume, load_volume, save_nifti, stem_of
-from ..model.checkpoint import GUIDANCE_RANGE, GUIDED_BANDS, LoadedModel, load_model
+from ..model.checkpoint import GUIDANCE_RANGE, GUIDED_BANDS, LoadedModel, detail_is_finer, load_model
 from ..model.diffusion import Schedule
 from ..model.runtime import AutoGuidance, ExpertRouting, FastForward, emulated_bf16_warning, resolve_device
 from ..model.samplers import SAMPLERS, Sampler
-from ..model.transforms import SUBBANDS, Scale, clip_in_image_space, make_condition, wavelet_to_image
+from ..model.transforms import SUBBANDS, Scale, clip_in_image_space, make_condition, outline_of, wavelet_to_image
 from ..progress import Progress
-from .cascade import coarse_on_fine, denoise_in_blocks, keep_first_stage_background, keep_main_background
+from .cascade import (
+    coarse_on_fine, denoise_in_blocks, keep_first_stage_background, keep_main_background, octave_finer_affine,
+)
 from .stats import RunningStats
 
 PRESERVE_MODES = ("exact", "model")
@@ -180,6 +183,7 @@ class CaseInputs:
     stems: list[str]
     labels: tuple[int, ...] | None
     fine: Prepared | None = None  # a cascade's refine-stage grid
+    detail: Prepared | None = None  # a detail stage's grid when it is one octave finer than the first stage's
     paths: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what the user should know (grids that differ)
 
@@ -193,9 +197,20 @@ class CaseInputs:
         return self.stems[0]
 
     @property
+    def brain(self) -> np.ndarray:
+        """(X, Y, Z) bool: the brain on the first stage's grid, as training saw it (a model with the outline)."""
+        prepared = self.prepared
+        return model_foreground(prepared.image.data, prepared.model_to_input, prepared.model_lesion)
+
+    @property
+    def drawn(self) -> Prepared:
+        """The grid of the image the detail stage hands on (the first stage's when it has no finer one)."""
+        return self.detail or self.prepared
+
+    @property
     def final(self) -> Prepared:
-        """The grid the samples come out on: the refine stage's for a cascade."""
-        return self.fine or self.prepared
+        """The grid the samples come out on: the refine stage's for a cascade, else the detail stage's."""
+        return self.fine or self.drawn
 
     @property
     def model_images(self) -> np.ndarray:
@@ -283,14 +298,18 @@ def load_case(images: ImageInput, mask_path: str | Path, model: LoadedModel, lab
                     "(check that all sequences come from the same case and keep their orientation)"
                 )
         per_sequence.append(prepared)
-    fine = None
+    fine = detail = None
     if model.refiner is not None:
         fine = prepare(per_sequence[0].image, per_sequence[0].lesion, model.refiner.config)
+    if model.detailer is not None and detail_is_finer(model.detailer.config, model.config):
+        detail = prepare(per_sequence[0].image, per_sequence[0].lesion, model.detailer.config,
+                         octave_finer_affine(per_sequence[0].model_affine))
     stems = [stem_of(paths[0])] if len(sequences) == 1 else [sequence_stem(p, n) for n, p in zip(sequences, paths)]
     if len(set(stems)) != len(stems):
         raise PowdrError("two sequences' images have the same file name; their outputs would overwrite each other")
     return CaseInputs(
-        model=model, per_sequence=per_sequence, stems=stems, labels=label_tuple, fine=fine, paths=paths, notes=notes
+        model=model, per_sequence=per_sequence, stems=stems, labels=label_tuple, fine=fine, detail=detail, paths=paths,
+        notes=notes,
     )
 
 
@@ -406,6 +425,9 @@ def iter_samples(
     image = torch.from_numpy(case.model_images)[None].to(device)
     lesion = torch.from_numpy(case.prepared.model_lesion)[None, None].to(device)
     condition_one = make_condition(image, lesion, scale)
+    if config.outline:
+        brain = torch.from_numpy(case.brain)[None, None].to(device)
+        condition_one = torch.cat([condition_one, outline_of(brain)], dim=1)
     count = len(case.per_sequence)
     refiner = Refiner(case, options, device) if case.model.refiner is not None else None
     detailer = Refiner(case, options, device, detail=True) if case.model.detailer is not None else None
@@ -466,13 +488,15 @@ class Refiner:
     """A cascade's refine stage for one case: the first stage's image in, a finer image out.
 
     With ``detail=True`` it is the cascade's detail stage instead: a refine-stage network on the
-    first stage's own grid, which sees the first stage's image at half resolution and draws the
-    detail of that grid again.
+    first stage's own grid or one octave finer, which sees the first stage's image at half its
+    own resolution and draws the detail of its grid.
     """
 
     def __init__(self, case: CaseInputs, options: OutpaintOptions, device: torch.device, detail: bool = False):
         stage = case.model.detailer if detail else case.model.refiner
-        fine = case.prepared if detail else case.fine
+        # The grid of the image this stage is given, and its own.
+        self.coarse = case.prepared if detail else case.drawn
+        fine = case.drawn if detail else case.fine
         assert stage is not None and fine is not None
         self.case, self.device, self.fine = case, device, fine
         config = stage.config
@@ -491,7 +515,7 @@ class Refiner:
 
     def refine(self, coarse: np.ndarray, generator: torch.Generator, on_step: Callable[[int], None]) -> np.ndarray:
         """(coarse model grid) image in [-1, 1] -> (fine model grid) image in [-1, 1]."""
-        first = coarse_on_fine(coarse, self.case.prepared, self.fine)
+        first = coarse_on_fine(coarse, self.coarse, self.fine)
         condition = torch.cat(
             [self.lesion_condition, torch.from_numpy(first)[None, None].to(self.device)], dim=1
         )
@@ -540,9 +564,11 @@ def run_outpaint(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # One target per sequence: its own input grid (the refine stage's grid for a cascade).
-    targets = [case.final] if model.refiner is not None else case.per_sequence
+    targets = [case.final] if case.final is not case.prepared else case.per_sequence
     names = [output_names(stem, options.samples) for stem in case.stems]
     final_config = model.refiner.config if model.refiner is not None else model.config
+    if model.refiner is None and case.detail is not None:
+        final_config = model.detailer.config
     progress.stage("preparing", "Preparing the lesion and the blending weights")
     weights = [blend_weights(t.lesion, t.image.spacing, float(max(final_config.grid.spacing))) for t in targets]
     dtypes = [np.result_type(t.image.data.dtype, np.float32) for t in targets]

@@ -30,13 +30,11 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
-from scipy import ndimage
 
 from ..errors import PowdrError
 from ..imaging.atomic import atomic_target
-from ..imaging.masks import dilate, foreground_depth, largest_component
+from ..imaging.masks import dilate, foreground_depth, model_foreground
 from ..imaging.preprocess import lesion_on_image_grid, prepare
-from ..imaging.resample import resample
 from ..imaging.volume_io import NIFTI_SUFFIXES, load_volume, stem_of
 from ..model.checkpoint import ModelConfig, file_sha256
 
@@ -258,18 +256,6 @@ def cache_key(files: CaseFiles, settings: PrepareSettings) -> str:
         material["sequences"] = list(settings.config.sequences)
         material["other_sha256"] = [file_sha256(other) for other in files.others]
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
-
-
-def model_foreground(data: np.ndarray, model_to_input: np.ndarray, lesion: np.ndarray) -> np.ndarray:
-    """The anatomy on the model grid, (X, Y, Z) bool like ``lesion``.
-
-    Input voxels above the background value, resampled (nearest) onto the model grid,
-    holes filled, lesion included, largest 6-connected component kept.
-    """
-    above = (data > data.min()).astype(np.uint8)
-    foreground = resample(above, model_to_input, lesion.shape, order=0, cval=0) > 0
-    foreground = ndimage.binary_fill_holes(foreground | lesion)
-    return largest_component(foreground)
 
 
 def prepare_case(files: CaseFiles, settings: PrepareSettings) -> PreparedCase:

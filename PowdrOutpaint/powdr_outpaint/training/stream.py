@@ -112,18 +112,23 @@ class TrainingItems(Dataset):
         low = np.clip(centre - size // 2, 0, shape - size)
         return tuple(slice(int(a), int(a + b)) for a, b in zip(low, size))  # type: ignore[return-value]
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Item ``k``: image (S, X, Y, Z) in [-1, 1], conditioning mask and brain (1, X, Y, Z) in {0, 1}."""
         if self.patch:
-            image, mask = self.block_item(k)
+            image, mask, brain = self.block_item(k)
         else:
             case = self.case_for(k)
-            image, mask = case.image, self.mask_for(case, k)
+            image, mask, brain = case.image, self.mask_for(case, k), case.foreground
         image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
         # (S, X, Y, Z) for several sequences, (X, Y, Z) for one: always channels first.
-        return image if image.dim() == 4 else image[None], torch.from_numpy(mask.astype(np.float32))[None]
+        return (
+            image if image.dim() == 4 else image[None],
+            torch.from_numpy(mask.astype(np.float32))[None],
+            torch.from_numpy(brain.astype(np.float32))[None],
+        )
 
-    def block_item(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Item ``k`` of a patch-trained run: one block of a case (image, mask).
+    def block_item(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Item ``k`` of a patch-trained run: one block of a case (image, mask, brain).
 
         The mask and the block are chosen on the case as it is; a warp, when drawn, is
         applied to the block alone (about its own centre), which costs a block's worth of
@@ -137,8 +142,12 @@ class TrainingItems(Dataset):
             if rng.random() < self.settings.augment:
                 coords = random_warp(self.patch, self.spacing, rng)
                 coords += np.array([b.start for b in block], dtype=np.float32)[:, None, None, None]
-                return warp(case.image, coords, 1, -1.0), warp(mask.astype(np.uint8), coords, 0, 0) > 0
-        return case.image[(..., *block)], mask[block]
+                return (
+                    warp(case.image, coords, 1, -1.0),
+                    warp(mask.astype(np.uint8), coords, 0, 0) > 0,
+                    warp(case.foreground.astype(np.uint8), coords, 0, 0) > 0,
+                )
+        return case.image[(..., *block)], mask[block], case.foreground[block]
 
 
 class StepBatches:

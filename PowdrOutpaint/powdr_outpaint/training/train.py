@@ -33,7 +33,7 @@ from ..model.checkpoint import (
     MAX_DETAIL_SCALE, ModelConfig, TrainingInfo, read_checkpoint, save_checkpoint, stage_weights,
 )
 from ..model.diffusion import Schedule, low_noise_weights, x0_loss
-from ..model.network import OutpaintUNet, rescale_detail_io
+from ..model.network import OutpaintUNet, add_input_channels, rescale_detail_io
 from ..model.presets import get_preset
 from ..model.runtime import FastForward, auto_precision, emulated_bf16_warning
 from ..model.samplers import Sampler
@@ -45,7 +45,9 @@ from ..model.transforms import (
     condition_image,
     degrade_coarse,
     image_to_wavelet,
+    OUTLINE_CHANNELS,
     make_condition,
+    outline_of,
     wavelet_to_image,
 )
 from ..outpainting.outpaint import denoise, sample_generator
@@ -93,6 +95,7 @@ class RunSettings:
     coarse_blur: float = COARSE_BLUR
     coarse_noise: float = COARSE_NOISE
     detail_scale: float = 1.0  # runs stored before it trained with unscaled detail bands
+    outline: bool = False  # runs stored before it did not see the outline
 
 
 @dataclass
@@ -121,6 +124,7 @@ class TrainOptions:
     coarse_blur: float | None = None
     coarse_noise: float | None = None
     detail_scale: float | None = None
+    outline: bool | None = None
     init_from: str | None = None
     iterations: int = 200_000
     save_every: int = 1000
@@ -197,6 +201,7 @@ def resolve_settings(options: TrainOptions, stored: dict[str, Any] | None) -> Ru
         "coarse_blur": options.coarse_blur,
         "coarse_noise": options.coarse_noise,
         "detail_scale": options.detail_scale,
+        "outline": options.outline,
     }
     if stored is not None:
         settings = RunSettings(**{f.name: stored[f.name] for f in fields(RunSettings) if f.name in stored})
@@ -241,6 +246,7 @@ def resolve_settings(options: TrainOptions, stored: dict[str, Any] | None) -> Ru
         coarse_blur=COARSE_BLUR if options.coarse_blur is None else options.coarse_blur,
         coarse_noise=COARSE_NOISE if options.coarse_noise is None else options.coarse_noise,
         detail_scale=1.0 if options.detail_scale is None else options.detail_scale,
+        outline=bool(options.outline),
     )
 
 
@@ -358,6 +364,11 @@ class Trainer:
                 raise PowdrError("--detail-scale applies to a first stage; the refine preset keeps its detail bands as they are")
             normalisation = replace(self.config.normalisation, detail_scale=settings.detail_scale)
             self.config = replace(self.config, normalisation=normalisation)
+        if settings.outline:
+            if self.config.stage != "outpaint":
+                raise PowdrError("--outline applies to a first stage; a refine stage keeps the first stage's outline")
+            network = replace(self.config.network, in_channels=self.config.network.in_channels + OUTLINE_CHANNELS)
+            self.config = replace(self.config, outline=True, network=network)
         if settings.input_skip:
             low, detail = INPUT_SKIP_RMS
             network = replace(self.config.network, input_skip=(low, detail * settings.detail_scale))
@@ -469,8 +480,11 @@ class Trainer:
             config, weights = stage_weights(path, self.config.stage)
         except CheckpointError as error:
             raise PowdrError(f"--init-from: {error}") from None
-        # The skip adds no weights: a plain x0 network is a fair start for one with the skip.
-        if replace(config.network, input_skip=()) != replace(self.config.network, input_skip=()):
+        # The skip adds no weights: a plain x0 network is a fair start for one with the skip; nor
+        # does the outline, but for its input channel, which starts at zero (see below).
+        if replace(config.network, input_skip=(), in_channels=0) != replace(
+            self.config.network, input_skip=(), in_channels=0
+        ) or config.outline and not self.config.outline:
             raise PowdrError(
                 f"--init-from {Path(path).name} holds a {config.preset} network, which differs from the "
                 f"{self.config.preset} network of this run; choose a checkpoint of the same preset"
@@ -481,6 +495,10 @@ class Trainer:
             self.say(f"Its detail bands were scaled by {config.normalisation.detail_scale:g}, this run's by "
                      f"{self.config.normalisation.detail_scale:g}: its first and last layers are rescaled to match")
             weights = rescale_detail_io(weights, ratio, len(self.config.sequences))
+        if self.config.outline and not config.outline:
+            self.say("It did not see the outline: its input layer gains the outline's channel, starting at zero, "
+                     "so the fine-tune starts from the same predictions")
+            weights = add_input_channels(weights, OUTLINE_CHANNELS)
         return weights
 
     # ----------------------------------------------------------- checkpoints
@@ -538,6 +556,8 @@ class Trainer:
         image = torch.from_numpy(case.image if case.image.ndim == 4 else case.image[None])[None].to(device)
         lesion = torch.from_numpy(case.lesion)[None, None].to(device)
         condition = make_condition(image, lesion, self.scale)
+        if self.config.outline:
+            condition = torch.cat([condition, outline_of(torch.from_numpy(case.foreground)[None, None].to(device))], 1)
         if self.config.stage == "refine":
             # The preview refines the held-out case's own half-resolution image.
             condition = torch.cat([condition, coarse_of(image)], dim=1)
@@ -576,8 +596,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
 
-    def iteration(self, step: int, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """One optimiser step on a batch (image (B, S, X, Y, Z), mask (B, 1, X, Y, Z)); returns the loss."""
+    def iteration(self, step: int, image: torch.Tensor, mask: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
+        """One optimiser step on a batch (image (B, S, X, Y, Z), mask and brain (B, 1, X, Y, Z)); returns the loss."""
         settings, device = self.settings, self.device
         image = image.to(device, non_blocking=True)
         mask = mask.to(device, non_blocking=True)
@@ -587,6 +607,8 @@ class Trainer:
         with torch.no_grad():
             target = image_to_wavelet(image, self.scale)
             condition = make_condition(image, mask, self.scale)
+            if self.config.outline:
+                condition = torch.cat([condition, outline_of(brain.to(device, non_blocking=True))], dim=1)
             if self.config.stage == "refine":
                 coarse = degrade_coarse(coarse_of(image), generator, settings.coarse_blur, settings.coarse_noise)
                 condition = torch.cat([condition, coarse], dim=1)
@@ -633,8 +655,8 @@ class Trainer:
         step, interrupted = start, False
         self.network.train()
         with stop_requests() as stop:
-            for image, mask in loader:
-                loss = self.iteration(step, image, mask)
+            for image, mask, brain in loader:
+                loss = self.iteration(step, image, mask, brain)
                 step += 1
                 flag = torch.tensor(float(stop["stop"]), device=self.device)
                 totals = context.sum(torch.stack([loss, flag]))
