@@ -435,7 +435,13 @@ def test_model_card_needs_no_torch_and_matches_the_engine(tinyCheckpoint, tmp_pa
                              OutpaintUNet(detailConfig.network, detailConfig.diffusion).state_dict())
     withExpert = save_cascade(cascade, None, tmp_path / "expert_fp16.pt", expert_path=expert, weights="fp16",
                               guide_path=tinyCheckpoint, guidance=2.5, detail_path=detail)
-    checkpoints = [str(tinyCheckpoint), defaultCheckpointPath(), str(cascade), str(withExpert)]
+    # A first stage one octave coarser than its detail stage that sees the brain's outline.
+    coarseConfig = replace(config, outline=True, grid=replace(config.grid, shape=(24, 24, 16), spacing=(9.6,) * 3),
+                           network=replace(config.network, in_channels=17))
+    coarse = save_checkpoint(tmp_path / "coarse.pt", coarseConfig,
+                             OutpaintUNet(coarseConfig.network, coarseConfig.diffusion).state_dict())
+    coarseCascade = save_cascade(coarse, None, tmp_path / "coarse_cascade.pt", detail_path=detail)
+    checkpoints = [str(tinyCheckpoint), defaultCheckpointPath(), str(cascade), str(withExpert), str(coarseCascade)]
     completed = runBlocked({"torch"}, "import json\nfrom PowdrOutpaintLib.modelcard import readModelCard\n"
                                       "print(json.dumps([readModelCard(path) for path in sys.argv[1:]]))",
                            *checkpoints)
@@ -456,6 +462,9 @@ def test_model_card_needs_no_torch_and_matches_the_engine(tinyCheckpoint, tmp_pa
     assert "Detail stage: redraws the first stage's detail" in text
     total = sum(cards[3][key]["parameters"] for key in ("refine", "detail", "expert", "guide")) + cards[3]["parameters"]
     assert f"Parameters: {total / 1e6:.2f} M" in text
+    text = formatModelCard(cards[4])
+    assert cards[4]["outline"] is True and cards[0]["outline"] is False
+    assert "Brain outline: the input's" in text and "Detail stage: draws 4.8 mm detail on the first stage" in text
 
 
 def test_model_card_refuses_code_and_damaged_files(tinyCheckpoint, tmp_path):
