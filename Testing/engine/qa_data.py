@@ -98,6 +98,25 @@ def cli_command(*argv: object) -> list[str]:
     return [sys.executable, "-m", "powdr_outpaint", *map(str, argv)]
 
 
+def sample_on_input_grid(case: dict, checkpoint: Path, out: Path, *options: object):
+    """``sample`` one volume of a BraTS case in a child process; checks what every run owes the
+    user (the input's grid, the lesion copied exactly) and returns (sample array, completed process)."""
+    import subprocess
+
+    result = subprocess.run(
+        cli_command("sample", "--image", case["image"], "--mask", case["mask"], "--checkpoint", checkpoint,
+                    "--samples", 1, "--device", "cpu", "--out", out, *options),
+        capture_output=True, text=True, timeout=600, env=subprocess_env(),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    original = nib.load(str(case["image"]))
+    lesion = np.asarray(nib.load(str(case["mask"])).dataobj) > 0
+    sample = np.asarray(nib.load(str(next(out.glob("*_outpaint_s00.nii.gz")))).dataobj)
+    assert sample.shape == original.shape
+    assert np.array_equal(sample[lesion], np.asarray(original.dataobj)[lesion])
+    return sample, result
+
+
 def load(path: Path) -> tuple[np.ndarray, np.ndarray]:
     image = nib.load(str(path))
     return np.asarray(image.dataobj), image.affine

@@ -9,14 +9,13 @@ stages that do not see the same inputs are not joined to it.
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import replace
 
-import nibabel as nib
 import numpy as np
 import pytest
+import qa_data
 import torch
-from test_train import command, environment, four_cases, cache_dir, tiny_options  # noqa: F401 (fixtures)
+from test_train import brats_or_skip, tiny_options
 
 from powdr_outpaint.errors import CheckpointError, PowdrError
 from powdr_outpaint.model.checkpoint import ModelConfig, initial_weights, load_model, save_cascade
@@ -85,7 +84,9 @@ def test_sampling_sees_the_outline_training_saw(brats_case):
     assert 0.1 < (condition > -1).mean() < 0.9
 
 
-def test_outline_run_trains_samples_and_joins_only_its_kind(four_cases, cache_dir, brats_case, tmp_path):
+def test_outline_run_trains_samples_and_joins_only_its_kind(brats_case, tmp_path):
+    four_cases = qa_data.linked_cases(brats_or_skip()[:4], tmp_path / "data")
+    cache_dir = tmp_path / "cache"
     plain = tiny_options(tmp_path / "plain", four_cases, cache_dir, iterations=2, save_every=2)
     train(plain)
     options = tiny_options(tmp_path / "outline", four_cases, cache_dir, iterations=3, save_every=3, outline=True,
@@ -104,16 +105,5 @@ def test_outline_run_trains_samples_and_joins_only_its_kind(four_cases, cache_di
         save_cascade(tmp_path / "outline" / "latest.pt", None, tmp_path / "x.pt",
                      guide_path=tmp_path / "plain" / "latest.pt")
 
-    out = tmp_path / "samples"
-    result = subprocess.run(
-        command("sample", "--image", brats_case["image"], "--mask", brats_case["mask"], "--checkpoint",
-                tmp_path / "outline" / "latest.pt", "--samples", 1, "--steps", 2, "--device", "cpu",
-                "--progress", "none", "--out", out),
-        capture_output=True, text=True, timeout=600, env=environment(),
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    original = nib.load(str(brats_case["image"]))
-    lesion = np.asarray(nib.load(str(brats_case["mask"])).dataobj) > 0
-    sample = np.asarray(nib.load(str(next(out.glob("*_outpaint_s00.nii.gz")))).dataobj)
-    assert sample.shape == original.shape
-    assert np.array_equal(sample[lesion], np.asarray(original.dataobj)[lesion])
+    qa_data.sample_on_input_grid(brats_case, tmp_path / "outline" / "latest.pt", tmp_path / "samples", "--steps", 2,
+                                 "--progress", "none")

@@ -107,6 +107,20 @@ _REFINE = Preset(
     stage="refine",
 )
 
+# The demo network at 1.5x the width on the demo's grid: the demo network stops learning at an x0
+# loss of about 0.0064 and then misses a quarter of the detail even of a clean training image, so
+# the next first stage is wider, sized so a cascade stays under 25 MB.
+_DEMO_WIDE = replace(
+    _DEMO,
+    name="demo-wide",
+    description=(
+        "The demo network at 1.5x the width: base 48, 3 levels, the demo's 64x64x48 grid at 3.6 mm "
+        "(6.6 M parameters)."
+    ),
+    network=replace(_DEMO.network, base_channels=48),
+    training=replace(_DEMO.training, augment=0.8),
+)
+
 PRESETS: dict[str, Preset] = {
     "paper": Preset(
         name="paper",
@@ -148,33 +162,19 @@ PRESETS: dict[str, Preset] = {
         network=replace(_DEMO.network, base_channels=16, head_channels=16),
         training=replace(_DEMO.training, augment=0.8),
     ),
-    # The demo network at 1.5x the width on the demo's grid: the demo network stops learning at
-    # an x0 loss of about 0.0064 and then misses a quarter of the detail even of a clean
-    # training image, so the next first stage is wider, sized so a cascade stays under 25 MB.
-    "demo-wide": replace(
-        _DEMO,
-        name="demo-wide",
-        description=(
-            "The demo network at 1.5x the width: base 48, 3 levels, the demo's 64x64x48 grid at 3.6 mm "
-            "(6.6 M parameters)."
-        ),
-        network=replace(_DEMO.network, base_channels=48),
-        training=replace(_DEMO.training, augment=0.8),
-    ),
+    "demo-wide": _DEMO_WIDE,
     # The demo-wide network one octave coarser. On the demo grid the first stage spends its
     # capacity on 3.6 mm detail and loses the layout of grey and white matter; on 7.2 mm the whole
     # brain is 20-odd voxels across, the network's deepest level sees all of it, and the demo
     # cascade's detail stage (trained to draw 3.6 mm from a true 7.2 mm image) draws the rest.
     "demo-coarse": replace(
-        _DEMO,
+        _DEMO_WIDE,
         name="demo-coarse",
         description=(
             "A first stage for the layout only: the demo-wide network (base 48, 3 levels) on 32x32x24 at "
             "7.2 mm; join it with a demo-detail stage (which draws 3.6 mm) and a refine stage (1.8 mm)."
         ),
-        network=replace(_DEMO.network, base_channels=48),
         grid=GridConfig(shape=(32, 32, 24), spacing=(7.2, 7.2, 7.2)),
-        training=replace(_DEMO.training, augment=0.8),
     ),
     "refine": _REFINE,
     # The first stage draws a fair 7.2 mm layout but not the 3.6 mm detail on it (gyri, the cortical
