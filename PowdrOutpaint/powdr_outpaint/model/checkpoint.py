@@ -450,7 +450,9 @@ def check_guide(guide: ModelConfig, first: ModelConfig, name: str) -> None:
     if guide.stage != "outpaint" or guide.training.max_timestep:
         raise CheckpointError(f"{name} is not a whole first stage, so it cannot guide one")
     if not _same_task(guide, first):
-        raise CheckpointError(f"the guide {name} was trained for another grid, modality, diffusion or outline than the first stage")
+        raise CheckpointError(
+            f"the guide {name} was trained for another grid, modality, diffusion or outline than the first stage"
+        )
 
 
 #: The ``from_timestep`` ``cascade --guide`` stores when none is given: guidance on the nearly
