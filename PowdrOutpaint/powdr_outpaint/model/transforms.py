@@ -70,9 +70,18 @@ def condition_image(image: torch.Tensor, lesion: torch.Tensor) -> torch.Tensor:
     return (image + 1.0) * 0.5 * lesion.to(image.dtype)
 
 
-def make_condition(image: torch.Tensor, lesion: torch.Tensor, scale: Scale) -> torch.Tensor:
-    """Condition subbands c = DWT(y * mask): (B, S, X, Y, Z) -> (B, 8 S, X/2, Y/2, Z/2)."""
-    return image_to_wavelet(condition_image(image, lesion), scale)
+def make_condition(
+    image: torch.Tensor, lesion: torch.Tensor, scale: Scale, brain: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Condition subbands c = DWT(y * mask): (B, S, X, Y, Z) -> (B, 8 S, X/2, Y/2, Z/2).
+
+    With ``brain`` (B, 1, X, Y, Z), for a first stage trained with the outline, the outline
+    (:func:`outline_of`) follows as one more channel: (B, 8 S + 1, X/2, Y/2, Z/2).
+    """
+    condition = image_to_wavelet(condition_image(image, lesion), scale)
+    if brain is None:
+        return condition
+    return torch.cat([condition, outline_of(brain.to(condition.device))], dim=1)
 
 
 def clip_in_image_space(x0: torch.Tensor, scale: Scale) -> torch.Tensor:

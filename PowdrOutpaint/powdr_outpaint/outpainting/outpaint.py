@@ -39,7 +39,7 @@ from ..model.checkpoint import GUIDANCE_RANGE, GUIDED_BANDS, LoadedModel, detail
 from ..model.diffusion import Schedule
 from ..model.runtime import AutoGuidance, ExpertRouting, FastForward, emulated_bf16_warning, resolve_device
 from ..model.samplers import SAMPLERS, Sampler
-from ..model.transforms import SUBBANDS, Scale, clip_in_image_space, make_condition, outline_of, wavelet_to_image
+from ..model.transforms import SUBBANDS, Scale, clip_in_image_space, make_condition, wavelet_to_image
 from ..progress import Progress
 from .cascade import (
     coarse_on_fine, denoise_in_blocks, keep_first_stage_background, keep_main_background, octave_finer_affine,
@@ -424,10 +424,8 @@ def iter_samples(
     )
     image = torch.from_numpy(case.model_images)[None].to(device)
     lesion = torch.from_numpy(case.prepared.model_lesion)[None, None].to(device)
-    condition_one = make_condition(image, lesion, scale)
-    if config.outline:
-        brain = torch.from_numpy(case.brain)[None, None].to(device)
-        condition_one = torch.cat([condition_one, outline_of(brain)], dim=1)
+    brain = torch.from_numpy(case.brain)[None, None] if config.outline else None
+    condition_one = make_condition(image, lesion, scale, brain)
     count = len(case.per_sequence)
     refiner = Refiner(case, options, device) if case.model.refiner is not None else None
     detailer = Refiner(case, options, device, detail=True) if case.model.detailer is not None else None
@@ -566,9 +564,8 @@ def run_outpaint(
     # One target per sequence: its own input grid (the refine stage's grid for a cascade).
     targets = [case.final] if case.final is not case.prepared else case.per_sequence
     names = [output_names(stem, options.samples) for stem in case.stems]
-    final_config = model.refiner.config if model.refiner is not None else model.config
-    if model.refiner is None and case.detail is not None:
-        final_config = model.detailer.config
+    # The stage whose grid is case.final's.
+    final_config = (model.refiner or (model.detailer if case.detail is not None else model)).config
     progress.stage("preparing", "Preparing the lesion and the blending weights")
     weights = [blend_weights(t.lesion, t.image.spacing, float(max(final_config.grid.spacing))) for t in targets]
     dtypes = [np.result_type(t.image.data.dtype, np.float32) for t in targets]

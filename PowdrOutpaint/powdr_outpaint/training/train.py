@@ -40,14 +40,13 @@ from ..model.samplers import Sampler
 from ..model.transforms import (
     COARSE_BLUR,
     COARSE_NOISE,
+    OUTLINE_CHANNELS,
     clip_in_image_space,
     coarse_of,
     condition_image,
     degrade_coarse,
     image_to_wavelet,
-    OUTLINE_CHANNELS,
     make_condition,
-    outline_of,
     wavelet_to_image,
 )
 from ..outpainting.outpaint import denoise, sample_generator
@@ -555,9 +554,8 @@ class Trainer:
         forward = FastForward(self.preview_net, device)
         image = torch.from_numpy(case.image if case.image.ndim == 4 else case.image[None])[None].to(device)
         lesion = torch.from_numpy(case.lesion)[None, None].to(device)
-        condition = make_condition(image, lesion, self.scale)
-        if self.config.outline:
-            condition = torch.cat([condition, outline_of(torch.from_numpy(case.foreground)[None, None].to(device))], 1)
+        brain = torch.from_numpy(case.foreground)[None, None] if self.config.outline else None
+        condition = make_condition(image, lesion, self.scale, brain)
         if self.config.stage == "refine":
             # The preview refines the held-out case's own half-resolution image.
             condition = torch.cat([condition, coarse_of(image)], dim=1)
@@ -606,9 +604,7 @@ class Trainer:
         t = torch.randint(0, self.timestep_limit, (image.shape[0],), generator=generator, device=device)
         with torch.no_grad():
             target = image_to_wavelet(image, self.scale)
-            condition = make_condition(image, mask, self.scale)
-            if self.config.outline:
-                condition = torch.cat([condition, outline_of(brain.to(device, non_blocking=True))], dim=1)
+            condition = make_condition(image, mask, self.scale, brain if self.config.outline else None)
             if self.config.stage == "refine":
                 coarse = degrade_coarse(coarse_of(image), generator, settings.coarse_blur, settings.coarse_noise)
                 condition = torch.cat([condition, coarse], dim=1)
