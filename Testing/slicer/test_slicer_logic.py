@@ -441,7 +441,10 @@ def test_model_card_needs_no_torch_and_matches_the_engine(tinyCheckpoint, tmp_pa
     coarse = save_checkpoint(tmp_path / "coarse.pt", coarseConfig,
                              OutpaintUNet(coarseConfig.network, coarseConfig.diffusion).state_dict())
     coarseCascade = save_cascade(coarse, None, tmp_path / "coarse_cascade.pt", detail_path=detail)
-    checkpoints = [str(tinyCheckpoint), defaultCheckpointPath(), str(cascade), str(withExpert), str(coarseCascade)]
+    # The same five networks in 8 bits (int8 tensors and a table of scales beside the weights).
+    eightBit = save_cascade(withExpert, None, tmp_path / "expert_int8.pt", weights="int8")
+    checkpoints = [str(tinyCheckpoint), defaultCheckpointPath(), str(cascade), str(withExpert), str(coarseCascade),
+                   str(eightBit)]
     completed = runBlocked({"torch"}, "import json\nfrom PowdrOutpaintLib.modelcard import readModelCard\n"
                                       "print(json.dumps([readModelCard(path) for path in sys.argv[1:]]))",
                            *checkpoints)
@@ -465,6 +468,8 @@ def test_model_card_needs_no_torch_and_matches_the_engine(tinyCheckpoint, tmp_pa
     text = formatModelCard(cards[4])
     assert cards[4]["outline"] is True and cards[0]["outline"] is False
     assert "Brain outline: the input's" in text and "Detail stage: draws 4.8 mm detail on the first stage" in text
+    # Stored in 8 bits, the file reads as the same model.
+    assert cards[5] == cards[3]
 
 
 def test_model_card_refuses_code_and_damaged_files(tinyCheckpoint, tmp_path):

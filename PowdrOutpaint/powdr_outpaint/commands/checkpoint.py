@@ -51,8 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     strip.add_argument("--checkpoint", required=True, help="a checkpoint written by train (e.g. latest.pt)")
     strip.add_argument("--out", required=True, help="the sampling-only checkpoint to write (.pt)")
     strip.add_argument("--weights", choices=sorted(WEIGHT_DTYPES), default="fp32",
-                       help="store the weights in fp32 (default) or fp16 (half the file; sampling still "
-                            "computes in the precision it is given)")
+                       help="store the weights in fp32 (default), fp16 (half the file) or int8 (a quarter: "
+                            "kernels in 8 bits, one scale per output channel); sampling still computes in the "
+                            "precision it is given")
     strip.set_defaults(func=_strip)
 
     cascade = subparsers.add_parser(
@@ -89,7 +90,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="the subbands the guide acts on: detail (default for a new guide: the low-pass band "
                               "from the first stage alone) or all; 'sample --guided-bands' overrides it")
     cascade.add_argument("--weights", choices=sorted(WEIGHT_DTYPES), default="fp32",
-                         help="store the weights in fp32 (default) or fp16 (half the file)")
+                         help="store the weights in fp32 (default), fp16 (half the file) or int8 (a quarter: "
+                              "kernels in 8 bits, one scale per output channel)")
     cascade.add_argument("--out", required=True, help="the joined checkpoint to write (.pt)")
     cascade.set_defaults(func=_cascade)
 
@@ -134,7 +136,7 @@ def _info(args: argparse.Namespace) -> int:
 def strip_checkpoint(source: str | Path, destination: str | Path, weights: str = "fp32") -> Path:
     """Copy ``source`` to ``destination`` without its training state; returns the new path.
 
-    ``weights`` "fp16" stores every stage's weights in half precision.
+    ``weights`` "fp16" stores every stage's weights in half precision, "int8" in 8 bits.
     """
     source, destination = Path(source), Path(destination)
     if destination.exists() and destination.resolve() == source.resolve():

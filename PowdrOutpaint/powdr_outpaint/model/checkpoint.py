@@ -15,7 +15,10 @@ the file loads with ``torch.load(..., weights_only=True)`` and no code runs)::
      ...}                                  # training state, ignored here
 
 Weights may be stored in float16 (``--weights fp16``) to halve the file; they are loaded
-into the float32 network, so only their rounding changes.
+into the float32 network, so only their rounding changes. ``--weights int8`` quarters it: every
+weight matrix and kernel is stored as int8 with one float32 scale per output channel, in a
+``"weight_scales": {name: tensor}`` entry beside the section's ``"weights"`` (the other tensors,
+biases and norms, in float16); :func:`read_checkpoint` turns them back into float32 weights.
 
 The JSON configuration is checked field by field and the weights must match the
 network it describes exactly.
@@ -306,6 +309,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"the file {path.name} is a PyTorch file but not a PowdrOutpaint checkpoint")
+    _dequantise(payload, path.name, "weights")
+    for section in STAGE_SECTIONS:
+        if isinstance(payload.get(section), dict):
+            _dequantise(payload[section], path.name, f"{STAGE_NAMES[section]}'s weights")
     try:
         config = ModelConfig.from_dict(json.loads(payload.get("config", "")))
     except (ValueError, TypeError) as error:
@@ -602,21 +609,69 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
 STAGE_SECTIONS = ("refiner", "detailer", "expert", "guide")
 
 
-WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+#: What each section's weights are called in messages.
+STAGE_NAMES = {"refiner": "refine stage", "detailer": "detail stage", "expert": "expert", "guide": "guide"}
+
+#: int8 stores these tensors' other values in float16.
+WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.float16}
+#: The key beside a section's "weights" that holds the per-channel scales of its int8 tensors.
+SCALES_KEY = "weight_scales"
+#: int8 quantises tensors of at least 2 dimensions and this many values (kernels and matrices); the
+#: small rest (biases, norms) is a thousandth of the weights and stays float16.
+QUANTISED_MIN_VALUES = 256
 
 
-def stored_weights(weights: dict[str, torch.Tensor], dtype: str = "fp32") -> dict[str, torch.Tensor]:
-    """CPU copies of ``weights``, floating-point ones in ``dtype`` ("fp32" or "fp16")."""
+def _quantised(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 values, float32 scale per output channel, shaped to broadcast): symmetric, 127 levels."""
+    weight = weight.detach().to("cpu", torch.float32)
+    scale = weight.abs().amax(dim=tuple(range(1, weight.dim())), keepdim=True) / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return torch.round(weight / scale).clamp_(-127, 127).to(torch.int8), scale
+
+
+def stored_weights(weights: dict[str, torch.Tensor], dtype: str = "fp32") -> dict[str, Any]:
+    """A section's stored form: ``{"weights": CPU copies}``, floating-point ones in ``dtype``
+    ("fp32", "fp16" or "int8"); int8 adds the scales under :data:`SCALES_KEY`."""
     target = WEIGHT_DTYPES[dtype]
-    return {
-        k: v.detach().to("cpu", dtype=target if v.is_floating_point() else v.dtype).clone()
-        for k, v in weights.items()
-    }
+    stored: dict[str, torch.Tensor] = {}
+    scales: dict[str, torch.Tensor] = {}
+    for name, value in weights.items():
+        matrix = value.is_floating_point() and value.dim() >= 2 and value.numel() >= QUANTISED_MIN_VALUES
+        if dtype == "int8" and matrix:
+            stored[name], scales[name] = _quantised(value)
+        else:
+            stored[name] = value.detach().to("cpu", dtype=target if value.is_floating_point() else value.dtype).clone()
+    return {"weights": stored, SCALES_KEY: scales} if scales else {"weights": stored}
 
 
 def stored_section(section: dict[str, Any], dtype: str = "fp32") -> dict[str, Any]:
     """A copy of a checkpoint's stage section (one of STAGE_SECTIONS) with its weights in ``dtype``."""
-    return {**section, "weights": stored_weights(section["weights"], dtype)}
+    kept = {k: v for k, v in section.items() if k not in ("weights", SCALES_KEY)}
+    return {**kept, **stored_weights(section["weights"], dtype)}
+
+
+def _dequantise(section: dict[str, Any], name: str, what: str) -> None:
+    """Replace a section's int8 weights and their scales by float32 weights, in place.
+
+    Raises CheckpointError with one sentence when the scales do not fit the weights.
+    """
+    weights, scales = section.get("weights"), section.pop(SCALES_KEY, {})
+    if not isinstance(weights, dict):
+        return  # read_checkpoint reports missing weights
+    if not isinstance(scales, dict):
+        raise CheckpointError(f"the checkpoint {name} is damaged: the int8 scales of its {what} are not a table")
+    quantised = [k for k, v in weights.items() if isinstance(v, torch.Tensor) and v.dtype == torch.int8]
+    if set(scales) - set(quantised):
+        raise CheckpointError(f"the checkpoint {name} is damaged: it holds int8 scales for {what} that are not int8")
+    for key in quantised:
+        value, scale = weights[key], scales.get(key)
+        if not (
+            isinstance(scale, torch.Tensor) and scale.is_floating_point()
+            and scale.shape == (value.shape[0],) + (1,) * (value.dim() - 1)
+            and bool(torch.isfinite(scale).all()) and bool((scale > 0).all())
+        ):
+            raise CheckpointError(f"the checkpoint {name} is damaged: the {what} {key!r} have no valid int8 scale")
+        weights[key] = value.to(torch.float32) * scale.to(torch.float32)
 
 
 def save_cascade(
@@ -642,7 +697,8 @@ def save_cascade(
     the guide of the first file); it acts on the steps with t >= ``guidance_from`` (default
     DEFAULT_GUIDANCE_FROM for a new guide), on ``guided_bands`` (default DEFAULT_GUIDED_BANDS for a
     new guide). ``detail_path`` adds a detail stage (a refine-stage network on the first stage's
-    own grid or one octave finer, see :func:`check_detailer`). ``weights`` "fp16" stores every weight in half precision.
+    own grid or one octave finer, see :func:`check_detailer`). ``weights`` "fp16" stores every weight in half
+    precision, "int8" in 8 bits (:func:`stored_weights`).
     """
     config, first_payload = read_checkpoint(first_path)
     first, first_weights = _stage_of(config, first_payload, "outpaint", Path(first_path).name)
@@ -657,20 +713,20 @@ def save_cascade(
             raise CheckpointError(
                 f"the first stage was trained on {first.modality} and the refine stage on {refine.modality}"
             )
-        extra["refiner"] = {"config": refine.to_json(), "weights": stored_weights(refine_weights, weights)}
+        extra["refiner"] = {"config": refine.to_json(), **stored_weights(refine_weights, weights)}
     if detail_path is not None:
         detailer, detail_weights = stage_weights(detail_path, "detail")
         check_detailer(detailer, first, Path(detail_path).name)
-        extra["detailer"] = {"config": detailer.to_json(), "weights": stored_weights(detail_weights, weights)}
+        extra["detailer"] = {"config": detailer.to_json(), **stored_weights(detail_weights, weights)}
     if expert_path is not None:
         expert, expert_weights = stage_weights(expert_path, "outpaint")
         check_expert(expert, first, Path(expert_path).name)
-        extra["expert"] = {"config": expert.to_json(), "weights": stored_weights(expert_weights, weights)}
+        extra["expert"] = {"config": expert.to_json(), **stored_weights(expert_weights, weights)}
     if guide_path is not None:
         guide, guide_weights = stage_weights(guide_path, "outpaint")
         check_guide(guide, first, Path(guide_path).name)
         extra["guide"] = {
-            "config": guide.to_json(), "weights": stored_weights(guide_weights, weights), "weight": DEFAULT_GUIDANCE,
+            "config": guide.to_json(), **stored_weights(guide_weights, weights), "weight": DEFAULT_GUIDANCE,
             "from_timestep": DEFAULT_GUIDANCE_FROM, "bands": DEFAULT_GUIDED_BANDS,
         }
     for name in STAGE_SECTIONS:
@@ -717,14 +773,11 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint atomically. ``extra`` may hold plain training state.
 
-    ``weights_dtype`` "fp16" stores the (floating-point) weights in half precision.
+    ``weights_dtype`` "fp16" stores the (floating-point) weights in half precision, "int8" their
+    kernels and matrices in 8 bits (:func:`stored_weights`).
     """
     config.validate()
-    payload: dict[str, Any] = {
-        "format": FORMAT,
-        "config": config.to_json(),
-        "weights": stored_weights(weights, weights_dtype),
-    }
+    payload: dict[str, Any] = {"format": FORMAT, "config": config.to_json(), **stored_weights(weights, weights_dtype)}
     if extra:
         payload.update(extra)
     return atomic_torch_save(payload, path)
