@@ -4,8 +4,10 @@
 figures"). This script gives those figures a scale: each other case of the data folder that lies
 on the same grid as the held-out case (BraTS cases are all registered to one atlas) stands in for
 a sample. It is treated as ``sample`` treats its output: its brain is scaled by one factor to the
-held-out case's tissue level (``imaging.preprocess.match_tissue_level``'s rule) and the held-out
-lesion is copied in. Then the same functions as ``evaluate`` give every stand-in's high-frequency
+held-out case's tissue level and the held-out lesion is copied in. The factor follows
+``imaging.preprocess.match_tissue_level`` (the 90th percentile of the brain outside the lesion,
+about the background) without its limits: a sample is already in the input's units when it is
+matched, another patient's scan is in its own scanner's, so one factor does both steps here. Then the same functions as ``evaluate`` give every stand-in's high-frequency
 ratio and histogram distance, and every pair's mean |difference| over the brain outside the
 lesion.
 

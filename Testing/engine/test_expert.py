@@ -271,8 +271,9 @@ def test_int8_file_is_a_quarter_and_samples_like_the_full_one(stages, brats_case
                  (reference.expert.network, model.expert.network)):
         for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
             assert y.dtype == torch.float32
-            bound = x.abs().amax(dim=tuple(range(1, x.dim())), keepdim=True) / 127 if x.dim() >= 2 else x.abs().max()
-            assert bool(((x - y).abs() <= bound * 0.51 + 1e-3 * x.abs() + 1e-8).all()), name
+            # Half a quantisation step of the channel's scale for kernels; fp16 rounding for the rest.
+            bound = x.abs().amax(dim=tuple(range(1, x.dim())), keepdim=True) / 127 if x.dim() >= 2 else 0.0
+            assert bool(((x - y).abs() <= bound * 0.51 + 1e-3 * x.abs() + 1e-7).all()), name
     a, _ = _sample(brats_case, full, tmp_path / "a", "--refine-steps", 2)
     b, _ = _sample(brats_case, small, tmp_path / "b", "--refine-steps", 2)
     c, _ = _sample(brats_case, full, tmp_path / "c", "--refine-steps", 2, "--seed", 1)

@@ -612,7 +612,8 @@ STAGE_SECTIONS = ("refiner", "detailer", "expert", "guide")
 #: What each section's weights are called in messages.
 STAGE_NAMES = {"refiner": "refine stage", "detailer": "detail stage", "expert": "expert", "guide": "guide"}
 
-#: int8 stores these tensors' other values in float16.
+#: The dtype each ``--weights`` choice stores floating-point tensors in (for int8: those it does not
+#: quantise, see QUANTISED_MIN_VALUES).
 WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.float16}
 #: The key beside a section's "weights" that holds the per-channel scales of its int8 tensors.
 SCALES_KEY = "weight_scales"
