@@ -21,6 +21,15 @@ chain's leftover noise shows here first), and their ``sample_detail_energy``: th
 subbands' mean square over the brain outside the lesion, over the real image's (under 1 for
 samples smoother than a real brain on this grid).
 
+With ``--sensitivity OTHER`` it also reports, per t, how much of a change of x_t reaches the
+prediction: the case's subbands and OTHER's (another case folder on the same grid) are noised
+with the same noise draw and denoised with the case's condition; ``passes`` is the RMS of the two
+predictions' difference over the RMS of the two clean inputs' difference (whole grid). A
+denoiser that trusts its input passes nearly all of it at small t; ``linear`` is what the
+per-subband linear (Wiener) estimate alpha_bar s^2 / (alpha_bar s^2 + 1 - alpha_bar), s the
+subband's RMS, passes, a floor that knows nothing of anatomy. A first stage that passes much
+less than ``linear`` at small t redraws its samples' last steps from what it remembers.
+
 A checkpoint with an expert for the last steps (``cascade --expert``) is measured with it,
 timesteps below its limit going to the expert (below ``--expert-below N`` only, to try a
 later hand-over), drawing inside the whole-range network's head as ``sample`` does
@@ -29,7 +38,8 @@ measured guided, as ``sample`` runs it; ``--no-guide`` measures the first stage 
 
 Usage:
     python Testing/Benchmarks/diagnose_denoiser.py --checkpoint CKPT \\
-        ../shared/data/brats18/Brats18_TCIA10_639_1 [--timesteps 0,5,25,100,400,700]
+        ../shared/data/brats18/Brats18_TCIA10_639_1 [--timesteps 0,5,25,100,400,700] \\
+        [--sensitivity ../shared/data/brats18/Brats18_TCIA10_628_1]
 """
 
 from __future__ import annotations
@@ -65,6 +75,8 @@ def main() -> None:
                         help="hand only the steps below N (under the expert's own limit) to the expert")
     parser.add_argument("--free-outline", action="store_true",
                         help="let the expert draw the air around the head too (no whole-range outline)")
+    parser.add_argument("--sensitivity", default=None, metavar="OTHER",
+                        help="another case folder: how much of a change of x_t reaches x0 at each t")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -122,6 +134,9 @@ def main() -> None:
             print(f"  t={t:4d}  low-pass err {row['lowpass_err']:.4f} (naive {row['lowpass_naive']:.4f})  "
                   f"detail err {row['detail_err']:.3f} (naive {row['detail_naive']:.3f})  "
                   f"detail energy {row['detail_energy']:.3f}", flush=True)
+        if args.sensitivity:
+            rows.append({"sensitivity": sensitivity(case, Path(args.sensitivity), model, forward, schedule,
+                                                    [int(t) for t in args.timesteps.split(",")])})
         if args.chain:
             background, energy = chain_figures(case, args.chain, args.precision, region, truth, not args.free_outline)
             rows.append({"background_pct": background, "sample_detail_energy": energy})
@@ -130,6 +145,37 @@ def main() -> None:
         results[folder.name] = rows
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+def sensitivity(case, other_folder: Path, model, forward, schedule: Schedule, timesteps: list[int]) -> list[dict]:
+    """Per t: the share of a change of x_t (the case against ``other_folder``'s case) that
+    reaches the x0 prediction, and the share the per-subband linear estimate passes."""
+    lll = model.config.normalisation.subband_scale
+    other = load_case(other_folder / f"{other_folder.name}_t1.nii.gz", other_folder / f"{other_folder.name}_seg.nii.gz",
+                      model, None)
+    image = torch.from_numpy(case.model_images)[None]
+    condition = make_condition(image, torch.from_numpy(case.prepared.model_lesion)[None, None], lll)
+    x0 = image_to_wavelet(image, lll)
+    x0_other = image_to_wavelet(torch.from_numpy(other.model_images)[None], lll)
+    change = x0 - x0_other
+    rms = 0.5 * (x0.pow(2).mean(dim=(2, 3, 4)) + x0_other.pow(2).mean(dim=(2, 3, 4))).sqrt()[..., None, None, None]
+    rows = []
+    for t in timesteps:
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2000 + t))
+        step = torch.tensor([t])
+        predictions = [forward(torch.cat([schedule.q_sample(x, step, noise), condition], dim=1), step).float()
+                       for x in (x0, x0_other)]
+        alpha = float(schedule.alphas_cumprod[t])
+        linear = alpha * rms**2 / (alpha * rms**2 + 1.0 - alpha)
+        row = {
+            "t": t,
+            "passes": float((predictions[0] - predictions[1]).pow(2).mean().sqrt() / change.pow(2).mean().sqrt()),
+            "linear": float((linear * change).pow(2).mean().sqrt() / change.pow(2).mean().sqrt()),
+        }
+        rows.append(row)
+        print(f"  t={t:4d}  passes {row['passes']:.2f} of a change of its input (linear estimate {row['linear']:.2f})",
+              flush=True)
+    return rows
 
 
 def chain_figures(
