@@ -24,7 +24,7 @@ from powdr_outpaint.errors import CheckpointError, PowdrError
 from powdr_outpaint.imaging.masks import foreground_depth
 from powdr_outpaint.imaging.preprocess import Prepared
 from powdr_outpaint.model.checkpoint import (
-    ModelConfig, initial_checkpoint, initial_weights, load_model, save_cascade, save_checkpoint,
+    ModelConfig, initial_checkpoint, initial_weights, load_model, save_cascade, save_checkpoint, weights_for_run,
 )
 from powdr_outpaint.model.diffusion import DiffusionConfig, Schedule
 from powdr_outpaint.model.samplers import Sampler
@@ -216,6 +216,33 @@ def test_fine_tuning_from_a_cascade_starts_from_the_stage_it_trains(cascade_chec
     with pytest.raises(PowdrError, match="--init-from: first.pt holds no refine stage"):
         train(replace(options, out=str(tmp_path / "other"), init_from=str(first_only)))
     assert not (tmp_path / "other" / "latest.pt").exists()
+
+
+def test_fine_tuning_a_detail_stage_starts_from_the_cascades_detail_stage(tmp_path):
+    """A refine-stage network serves a cascade twice: a run on the detail stage's grid (a
+    demo-detail run from the bundled model) starts from the detail stage, not from the refine
+    stage one octave finer; a run on the refine stage's grid still starts from the refine stage."""
+    data = qa_data.linked_cases(brats_or_skip()[:2], tmp_path / "data")
+    # The demo first stage on 3.6 mm, a tiny-refine detail stage on its grid, a refine stage on 1.8 mm.
+    first = initial_checkpoint(tmp_path / "first.pt", "demo", seed=1)
+    refine = initial_checkpoint(tmp_path / "refine.pt", "refine", seed=2)
+    detail = initial_checkpoint(tmp_path / "detail.pt", "tiny-refine", seed=3)
+    cascade = save_cascade(first, refine, tmp_path / "cascade.pt", detail_path=detail)
+    model = load_model(cascade)
+    assert model.detailer.config.grid.shape == ModelConfig.from_preset("tiny-refine").grid.shape
+    options = replace(
+        tiny_options(tmp_path / "run", data, tmp_path / "cache"), preset="tiny-refine", iterations=1, save_every=1,
+        init_from=str(cascade),
+    )
+    train(options)
+    tuned = torch.load(tmp_path / "run" / "latest.pt", weights_only=True)["weights"]
+    detail_weights = model.detailer.network.state_dict()
+    fresh = torch.load(initial_checkpoint(tmp_path / "fresh.pt", "tiny-refine", seed=5), weights_only=True)["weights"]
+    name = next(k for k in detail_weights if k.endswith("weight") and detail_weights[k].dim() == 5)
+    assert torch.allclose(tuned[name], detail_weights[name], atol=1e-3)
+    assert not torch.allclose(tuned[name], fresh[name], atol=1e-3)
+    # The refine stage's own preset still gets the refine stage (its network differs from tiny-refine's).
+    assert weights_for_run(cascade, ModelConfig.from_preset("refine"))[0].grid.shape == (128, 128, 96)
 
 
 def test_coarse_degradation_is_a_setting_of_refine_runs_only(tmp_path):

@@ -528,6 +528,29 @@ def stage_weights(path: str | os.PathLike, stage: str) -> tuple[ModelConfig, dic
     return _stage_of(config, payload, stage, Path(path).name)
 
 
+def _same_grid(a: GridConfig, b: GridConfig) -> bool:
+    """Whether two grids have the same voxels (shape and spacing; the training block may differ)."""
+    return tuple(a.shape) == tuple(b.shape) and all(abs(x - y) < 1e-6 for x, y in zip(a.spacing, b.spacing))
+
+
+def weights_for_run(path: str | os.PathLike, run: ModelConfig) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The stage of a checkpoint that a training run of ``run``'s preset starts from (``--init-from``).
+
+    A first-stage run takes the first stage. A refine-stage network serves a cascade twice, as its
+    refine stage and as its detail stage (``demo-detail``); a refine-stage run takes the detail
+    stage when that one works on the run's own grid and the refine stage does not, else the
+    refine stage. Raises CheckpointError with one sentence when the file holds no such stage.
+    """
+    config, payload = read_checkpoint(path)
+    name = Path(path).name
+    if run.stage == "refine" and config.stage != "refine" and "detailer" in payload:
+        detail = _stage_of(config, payload, "detail", name)
+        refiner = refiner_of(payload, config, name)
+        if _same_grid(detail[0].grid, run.grid) and (refiner is None or not _same_grid(refiner.grid, run.grid)):
+            return detail
+    return _stage_of(config, payload, run.stage, name)
+
+
 def _stage_of(
     config: ModelConfig, payload: dict[str, Any], stage: str, name: str
 ) -> tuple[ModelConfig, dict[str, torch.Tensor]]:

@@ -30,7 +30,7 @@ from ..commands.bench import format_gib, peak_rss_gib
 from ..errors import CheckpointError, PowdrError
 from ..imaging.preprocess import parse_labels
 from ..model.checkpoint import (
-    MAX_DETAIL_SCALE, ModelConfig, TrainingInfo, read_checkpoint, save_checkpoint, stage_weights,
+    MAX_DETAIL_SCALE, ModelConfig, TrainingInfo, read_checkpoint, save_checkpoint, weights_for_run,
 )
 from ..model.diffusion import Schedule, low_noise_weights, x0_loss
 from ..model.network import OutpaintUNet, add_input_channels, rescale_detail_io
@@ -473,10 +473,12 @@ class Trainer:
     def _initial_weights(self, path: str) -> dict[str, torch.Tensor]:
         """The (EMA) weights of another checkpoint of the same network, to fine-tune from.
 
-        From a cascade, the stage this run trains (its first stage, or its refine stage).
+        From a cascade, the stage this run trains: its first stage, or for a refine-stage run its
+        detail stage when that one works on this run's grid (a ``demo-detail`` run from the
+        bundled model), else its refine stage.
         """
         try:
-            config, weights = stage_weights(path, self.config.stage)
+            config, weights = weights_for_run(path, self.config)
         except CheckpointError as error:
             raise PowdrError(f"--init-from: {error}") from None
         # The skip adds no weights: a plain x0 network is a fair start for one with the skip; nor
@@ -488,7 +490,7 @@ class Trainer:
                 f"--init-from {Path(path).name} holds a {config.preset} network, which differs from the "
                 f"{self.config.preset} network of this run; choose a checkpoint of the same preset"
             )
-        self.say(f"Starting from the weights of {path} ({config.training.iterations} iterations)")
+        self.say(f"Starting from the weights of {path} ({config.preset}, {config.training.iterations} iterations)")
         ratio = self.config.normalisation.detail_scale / config.normalisation.detail_scale
         if ratio != 1.0:
             self.say(f"Its detail bands were scaled by {config.normalisation.detail_scale:g}, this run's by "
