@@ -7,9 +7,9 @@ a sample. It is treated as ``sample`` treats its output: its brain is scaled by 
 held-out case's tissue level and the held-out lesion is copied in. The factor follows
 ``imaging.preprocess.match_tissue_level`` (the 90th percentile of the brain outside the lesion,
 about the background) without its limits: a sample is already in the input's units when it is
-matched, another patient's scan is in its own scanner's, so one factor does both steps here. Then the same functions as ``evaluate`` give every stand-in's high-frequency
-ratio and histogram distance, and every pair's mean |difference| over the brain outside the
-lesion.
+matched, another patient's scan is in its own scanner's, so one factor does both steps here.
+Then the same functions as ``evaluate`` give every stand-in's high-frequency ratio and histogram
+distance, and every pair's mean |difference| over the brain outside the lesion.
 
 Usage:
     python Testing/Benchmarks/real_brain_reference.py ../shared/data/brats18/Brats18_TCIA10_628_1 \

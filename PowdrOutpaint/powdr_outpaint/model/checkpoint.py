@@ -353,6 +353,11 @@ def detail_is_finer(detailer: ModelConfig, first: ModelConfig) -> bool:
     )
 
 
+def _same_grid(a: GridConfig, b: GridConfig) -> bool:
+    """Whether two grids have the same voxels (shape and spacing; the training block may differ)."""
+    return tuple(a.shape) == tuple(b.shape) and tuple(a.spacing) == tuple(b.spacing)
+
+
 def check_detailer(detailer: ModelConfig, first: ModelConfig, name: str) -> None:
     """Refuse a detail stage that cannot redraw ``first``'s detail (CheckpointError, one sentence).
 
@@ -362,8 +367,7 @@ def check_detailer(detailer: ModelConfig, first: ModelConfig, name: str) -> None
     """
     if detailer.stage != "refine":
         raise CheckpointError(f"{name} is not a detail stage (train one with --preset demo-detail)")
-    same = detailer.grid.shape == first.grid.shape and detailer.grid.spacing == first.grid.spacing
-    if not same and not detail_is_finer(detailer, first):
+    if not _same_grid(detailer.grid, first.grid) and not detail_is_finer(detailer, first):
         raise CheckpointError(
             f"{name} draws detail on a {'x'.join(map(str, detailer.grid.shape))} grid of "
             f"{detailer.grid.spacing[0]:g} mm, the first stage works on {'x'.join(map(str, first.grid.shape))} of "
@@ -528,11 +532,6 @@ def stage_weights(path: str | os.PathLike, stage: str) -> tuple[ModelConfig, dic
     return _stage_of(config, payload, stage, Path(path).name)
 
 
-def _same_grid(a: GridConfig, b: GridConfig) -> bool:
-    """Whether two grids have the same voxels (shape and spacing; the training block may differ)."""
-    return tuple(a.shape) == tuple(b.shape) and all(abs(x - y) < 1e-6 for x, y in zip(a.spacing, b.spacing))
-
-
 def weights_for_run(path: str | os.PathLike, run: ModelConfig) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """The stage of a checkpoint that a training run of ``run``'s preset starts from (``--init-from``).
 
@@ -544,10 +543,10 @@ def weights_for_run(path: str | os.PathLike, run: ModelConfig) -> tuple[ModelCon
     config, payload = read_checkpoint(path)
     name = Path(path).name
     if run.stage == "refine" and config.stage != "refine" and "detailer" in payload:
-        detail = _stage_of(config, payload, "detail", name)
+        detailer, weights = _stage_of(config, payload, "detail", name)
         refiner = refiner_of(payload, config, name)
-        if _same_grid(detail[0].grid, run.grid) and (refiner is None or not _same_grid(refiner.grid, run.grid)):
-            return detail
+        if _same_grid(detailer.grid, run.grid) and (refiner is None or not _same_grid(refiner.grid, run.grid)):
+            return detailer, weights
     return _stage_of(config, payload, run.stage, name)
 
 
